@@ -1,0 +1,337 @@
+"""The gateway: ingest → batcher → scorer → scores and alerts, wired to the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .alerts import AlertTracker
+from .batcher import Batch, Batcher
+from .config import Settings
+from .ingest import DeadLetter, FeatureMap, Ingest
+from .manifest import Bundle, default_bundle_dir, load_bundle
+from .metrics import HttpServer, Metrics
+from .mqtt import Ack, Message, MqttClient
+from .scoring import Scorer
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger(__name__)
+
+_DEADLETTER_PAYLOAD_MAX = 64 * 1024
+
+
+def _json(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Gateway:
+    """One gateway. ``serve`` runs until ``stop`` is set, then shuts down gracefully:
+    intake stops, pending readings are scored and published, ``offline`` is published."""
+
+    def __init__(self, settings: Settings, bundle: Bundle | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self._bundle = bundle
+        self._id = settings.gateway.id
+        m = settings.mqtt
+        self.status_topic = f"gateway/{self._id}/status"
+        self.model_topic = f"gateway/{self._id}/model"
+        self.deadletter_topic = f"gateway/{self._id}/deadletter"
+        self._telemetry = m.telemetry_topic.removesuffix("#")
+        self._scores = m.scores_prefix.rstrip("/") + "/"
+        self._alerts = m.alerts_prefix.rstrip("/") + "/"
+        self._started = time.time()
+        self._intake_open = False
+        self.scorer: Scorer | None = None
+        self.batcher: Batcher | None = None
+        self.ingest: Ingest | None = None
+        self.alerts: AlertTracker | None = None
+        self.scored = 0
+        self.shed = 0
+        self.deadlettered = 0
+        self._recent_letters = 0  # since the last status, for one WARNING line per interval
+        self._last_letter: DeadLetter | None = None
+        self.http: HttpServer | None = None
+        self.mqtt = MqttClient(
+            settings,
+            self._on_message,
+            will=(self.status_topic, self._status_payload("offline", reason="connection lost")),
+            on_connect=self._on_connect,
+        )
+        self.mqtt.on_state = self._on_broker_state
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gateway.scorer")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; raises if a stage fails for good."""
+        s = self.settings
+        bundle = self._bundle
+        if bundle is None:
+            bundle = await asyncio.to_thread(load_bundle, default_bundle_dir())
+        scorer = self.scorer = await asyncio.to_thread(
+            Scorer,
+            bundle,
+            intra_op_threads=s.scoring.intra_op_threads,
+            inter_op_threads=s.scoring.inter_op_threads,
+        )
+        man = scorer.manifest
+        log.info("model loaded model=%s features=%s", man.label, ",".join(man.feature_names))
+        self.metrics.model_info.labels(man.name, man.version, man.model.sha256).set(1)
+        self.batcher = Batcher(
+            s.batcher.max_batch, s.batcher.queue_delay, n_features=len(man.features)
+        )
+        self.alerts = AlertTracker(man.alert)
+        self.ingest = Ingest(
+            FeatureMap(man.feature_names, require_ts=s.ingest.require_ts),
+            self.batcher,
+            topic_prefix=self._telemetry,
+            dead_letter=self._dead_letter,
+            release=self._release,
+            max_readings=s.ingest.max_readings_per_message,
+        )
+        self._register_metrics()
+        if s.http.enabled:
+            self.http = HttpServer(s.http.host, s.http.port, self.metrics, self.health)
+            self.http.start()
+            log.info("http listening host=%s port=%d", s.http.host, self.http.port)
+        self._intake_open = True
+        try:
+            async with self.mqtt, asyncio.TaskGroup() as tasks:
+                scoring = tasks.create_task(self._score_loop(), name="gateway.scoring")
+                status = tasks.create_task(self._status_loop(), name="gateway.status")
+                await stop.wait()
+                log.info("shutting down: intake stopped, flushing pending=%d", len(self.batcher))
+                self._intake_open = False  # unacknowledged messages stay with the broker
+                self.batcher.close()
+                await scoring
+                status.cancel()
+                if self.mqtt.connected:
+                    try:
+                        await self.mqtt.publish_confirmed(
+                            self.status_topic,
+                            self._status_payload("offline", reason="shutdown"),
+                            retain=True,
+                            timeout=2.0,
+                        )
+                    except (TimeoutError, OSError) as exc:
+                        log.warning("offline status not confirmed error=%s", exc)
+        finally:
+            if self.http is not None:
+                self.http.close()
+            self._executor.shutdown(wait=True)
+        log.info("stopped scored=%d", self.scored)
+
+    # -- intake (loop thread, per message) -------------------------------------------------
+    def _on_message(self, msg: Message) -> None:
+        if not self._intake_open:
+            return
+        assert self.ingest is not None
+        assert self.batcher is not None
+        if msg.qos == 0 and len(self.batcher) >= self.settings.ingest.max_pending:
+            self.shed += 1
+            return
+        try:
+            self.ingest.handle(msg.topic, msg.payload, msg.ack, msg.arrived)
+        except Exception:  # a bug, not bad input: keep the loop alive and say so loudly
+            log.exception("ingest failed topic=%s", msg.topic)
+
+    def _release(self, token: object) -> None:
+        if token is not None:
+            assert isinstance(token, Ack)
+            self.mqtt.ack(token)
+
+    def _dead_letter(self, dl: DeadLetter) -> None:
+        self.metrics.deadlettered.labels(dl.kind).inc()
+        self._recent_letters += 1
+        self.deadlettered += 1
+        self._last_letter = dl
+        log.debug("dead letter topic=%s reason=%s", dl.topic, dl.reason)
+        payload = dl.payload[:_DEADLETTER_PAYLOAD_MAX]
+        try:
+            body: dict[str, Any] = {"payload": payload.decode("utf-8"), "encoding": "utf-8"}
+        except UnicodeDecodeError:
+            body = {"payload": base64.b64encode(payload).decode(), "encoding": "base64"}
+        body.update(
+            topic=dl.topic,
+            reason=dl.reason,
+            kind=dl.kind,
+            gateway=self._id,
+            ts=time.time(),
+            truncated=len(dl.payload) > len(payload),
+        )
+        if dl.index is not None:
+            body["index"] = dl.index
+        self.mqtt.publish(self.deadletter_topic, _json(body), qos=1)
+
+    # -- scoring ---------------------------------------------------------------------------
+    async def _score_loop(self) -> None:
+        assert self.batcher is not None
+        loop = asyncio.get_running_loop()
+        batcher, metrics = self.batcher, self.metrics
+        while True:
+            await batcher.wait()
+            if not len(batcher):
+                return  # closed and flushed
+            batch = batcher.take()
+            scorer = self.scorer
+            assert scorer is not None
+            start = loop.time()
+            metrics.queue_delay.observe(start - batch.oldest)
+            try:
+                scores = await loop.run_in_executor(self._executor, scorer.score, batch.features)
+            except Exception as exc:
+                log.error(
+                    "model call failed model=%s rows=%d error=%s", scorer.label, len(batch), exc
+                )
+                self._reject_batch(batch, f"model {scorer.label} failed: {exc}")
+                continue
+            metrics.model_seconds.observe(loop.time() - start)
+            self._emit(batch, scores, scorer.label)
+            metrics.batch_size.observe(len(batch))
+            metrics.latency.observe(loop.time() - batch.oldest)
+            metrics.pending.set(len(batcher))
+
+    def _emit(self, batch: Batch, scores: np.ndarray, label: str) -> None:
+        assert self.alerts is not None
+        finite = np.isfinite(scores)
+        if not finite.all():
+            self.metrics.nonfinite.inc(int((~finite).sum()))
+        by_machine: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        for machine, ts, score in zip(batch.machines, batch.ts, scores.tolist(), strict=True):
+            by_machine[machine].append(
+                {"machine": machine, "ts": ts, "score": score, "model": label}
+            )
+        publish = self.mqtt.publish
+        for machine, items in by_machine.items():
+            publish(self._scores + machine, orjson.dumps(items[0] if len(items) == 1 else items))
+        for alert in self.alerts.update(batch.machines, batch.ts, scores):
+            self.metrics.alerts.labels(alert.state).inc()
+            log.info(
+                "alert %s machine=%s score=%.3f threshold=%.3f model=%s",
+                alert.state,
+                alert.machine,
+                alert.score,
+                alert.threshold,
+                label,
+            )
+            publish(
+                self._alerts + alert.machine,
+                _json(alert.payload(label, batch.raw[alert.index])),
+                qos=1,
+            )
+        self.metrics.alerts_active.set(self.alerts.active)
+        for token in batch.tokens:
+            self._release(token)
+        self.scored += len(batch)
+
+    def _reject_batch(self, batch: Batch, reason: str) -> None:
+        for machine, raw in zip(batch.machines, batch.raw, strict=True):
+            self._dead_letter(
+                DeadLetter(self._telemetry + machine, _json(raw), reason, "model_error")
+            )
+        for token in batch.tokens:
+            self._release(token)
+
+    # -- status and health -----------------------------------------------------------------
+    def _on_connect(self) -> None:
+        s = self.settings.mqtt
+        topic = s.telemetry_topic
+        if s.share_group:
+            topic = f"$share/{s.share_group}/{topic}"
+        self.mqtt.subscribe(topic, s.subscribe_qos)
+        self.mqtt.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        if self.scorer is not None:
+            man = self.scorer.manifest
+            self.mqtt.publish(
+                self.model_topic,
+                _json(
+                    {
+                        "name": man.name,
+                        "version": man.version,
+                        "model": man.label,
+                        "sha256": man.model.sha256,
+                        "since": self.scorer.since.isoformat(),
+                    }
+                ),
+                qos=1,
+                retain=True,
+            )
+
+    def _on_broker_state(self, connected: bool) -> None:
+        self.metrics.connected.set(1 if connected else 0)
+        if not connected:
+            self.metrics.reconnects.inc()
+
+    async def _status_loop(self) -> None:
+        interval = self.settings.gateway.status_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self._recent_letters and self._last_letter is not None:
+                last = self._last_letter
+                log.warning(
+                    "dead-lettered count=%d in=%.0fs last_topic=%s last_reason=%r",
+                    self._recent_letters,
+                    interval,
+                    last.topic,
+                    last.reason,
+                )
+                self._recent_letters = 0
+            if self.mqtt.connected:
+                self.mqtt.publish(
+                    self.status_topic, self._status_payload("online"), qos=1, retain=True
+                )
+
+    def _status_payload(self, state: str, **extra: Any) -> bytes:
+        body: dict[str, Any] = {
+            "state": state,
+            "gateway": self._id,
+            "site": self.settings.gateway.site,
+            "ts": time.time(),
+        }
+        if state == "online" or extra.get("reason") == "shutdown":
+            body.update(self.health()[1])  # the will cannot: it was fixed at connect time
+        body.update(extra)
+        return _json(body)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details): healthy while the broker is connected and a model serves."""
+        ingest = self.ingest
+        details: dict[str, Any] = {
+            "broker_connected": self.mqtt.connected,
+            "model": self.scorer.label if self.scorer else None,
+            "uptime": round(time.time() - self._started, 1),
+            "readings_received": ingest.readings_in if ingest else 0,
+            "readings_scored": self.scored,
+            "readings_deadlettered": self.deadlettered,
+            "readings_pending": len(self.batcher) if self.batcher else 0,
+            "alerts_active": self.alerts.active if self.alerts else 0,
+        }
+        return bool(self.mqtt.connected and self.scorer), details
+
+    def _register_metrics(self) -> None:
+        m = self.metrics
+        m.live_counter(
+            "gateway_messages_received", "MQTT messages received", lambda: self.mqtt.delivered
+        )
+        m.live_counter(
+            "gateway_readings_received",
+            "Readings received (valid or not)",
+            lambda: self.ingest.readings_in if self.ingest else 0,
+        )
+        m.live_counter(
+            "gateway_readings_scored", "Readings scored and published", lambda: self.scored
+        )
+        m.live_counter(
+            "gateway_readings_shed",
+            "QoS 0 readings dropped because the queue was full",
+            lambda: self.shed,
+        )

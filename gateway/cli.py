@@ -1,0 +1,123 @@
+"""``edge-gateway``: run the gateway, simulate a plant, or show the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import simulate
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z {record.levelname:<7} {record.name}: " + (
+            record.getMessage()
+            + (("\n" + self.formatException(record.exc_info)) if record.exc_info else "")
+        )
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(body).decode()
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .app import Gateway
+    from .config import load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log.level, settings.log.format)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        logging.getLogger("gateway").info(
+            "starting gateway=%s site=%s broker=%s:%d",
+            settings.gateway.id,
+            settings.gateway.site,
+            settings.mqtt.host,
+            settings.mqtt.port,
+        )
+        await Gateway(settings).serve(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    setup_logging("INFO")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        sent = simulate.run(args, stop)
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(
+            f"edge-gateway simulate: cannot reach broker {args.host}:{args.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    logging.getLogger("gateway.simulate").info("published messages=%d", sent)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration=args.duration)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run the gateway")
+    p_run.add_argument("-c", "--config", type=Path, default=None, help="TOML settings file")
+    p_run.set_defaults(func=_run)
+    p_sim = sub.add_parser("simulate", help="publish simulated telemetry")
+    simulate.add_arguments(p_sim)
+    p_sim.set_defaults(func=_simulate)
+    p_demo = sub.add_parser("demo", help="broker + gateway + simulator with a live view")
+    p_demo.add_argument("--duration", type=float, default=60.0)
+    p_demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Settings: one typed object from a TOML file and ``EDGEGW_<SECTION>__<KEY>`` variables."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Section):
+    id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/#+\s]+$")
+    site: str = Field(default="default", min_length=1, pattern=r"^[^/#+\s]+$")
+    data_dir: Path = Path("/var/lib/edge-gateway")
+    status_interval: float = Field(default=10.0, gt=0, description="seconds between status")
+
+
+class MqttSection(_Section):
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    client_id: str | None = None  # default: edgegw-<gateway id>
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    session_expiry: int = Field(default=7 * 86_400, ge=0)  # seconds the broker keeps our queue
+    receive_maximum: int = Field(default=2_000, ge=1, le=65_535)
+    telemetry_topic: str = "telemetry/#"
+    share_group: str | None = None
+    subscribe_qos: Literal[0, 1] = 1
+    scores_prefix: str = "scores"
+    alerts_prefix: str = "alerts"
+    reconnect_min: float = Field(default=0.5, gt=0)
+    reconnect_max: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSection:
+        if not self.telemetry_topic.endswith("/#"):
+            raise ValueError("telemetry_topic must end with '/#' (the machine path follows it)")
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError("reconnect_max must not be below reconnect_min")
+        return self
+
+
+class IngestSection(_Section):
+    require_ts: bool = True
+    max_readings_per_message: int = Field(default=10_000, ge=1)
+    max_pending: int = Field(
+        default=200_000, ge=1, description="readings queued before QoS 0 input is shed"
+    )
+
+
+class BatcherSection(_Section):
+    max_batch: int = Field(default=512, ge=1, le=1_000_000)
+    queue_delay: float = Field(default=0.0, ge=0, le=10, description="seconds to wait to fill")
+
+
+class ScoringSection(_Section):
+    intra_op_threads: int = Field(default=1, ge=0)
+    inter_op_threads: int = Field(default=1, ge=0)
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+    enabled: bool = True
+
+
+class LogSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway; see README, "Configuration"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEGW_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    gateway: GatewaySection = GatewaySection()
+    mqtt: MqttSection = MqttSection()
+    ingest: IngestSection = IngestSection()
+    batcher: BatcherSection = BatcherSection()
+    scoring: ScoringSection = ScoringSection()
+    http: HttpSection = HttpSection()
+    log: LogSection = LogSection()
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edgegw-{self.gateway.id}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (init_settings carries the file's values).
+        return (env_settings, init_settings)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        env = "EDGEGW_" + "__".join(str(p).upper() for p in err["loc"])
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {key} [{env}]: {err['msg']}{shown}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from an optional TOML file, the environment, then keyword overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    data = _merge(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+# Re-exported for callers that size things in bytes ("64MiB").
+ByteSizeT = ByteSize

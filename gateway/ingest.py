@@ -1,0 +1,210 @@
+"""Ingest: MQTT payloads in, validated readings out to the batcher, the rest dead-lettered.
+
+A payload is JSON or MessagePack, one reading or a list of them. A reading is an object with
+``ts`` (epoch seconds or ISO-8601), a number for every model feature, and optionally ``machine``
+(otherwise the topic path after the telemetry prefix). Validation is per value but cheap: a type
+check and one chained comparison that also rejects NaN, infinities and values float32 cannot hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgpack
+import orjson
+
+from .errors import RejectedInput
+
+__all__ = ["DeadLetter", "FeatureMap", "Ingest", "ReadingSink", "decode_payload"]
+
+_FLOAT32_MAX = 3.4028234663852886e38
+# A reading or a list in MessagePack starts with a map or array marker; anything else is JSON.
+_MSGPACK_START = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+
+
+def decode_payload(payload: bytes) -> list[Any]:
+    """Decode JSON or MessagePack into a list of candidate readings (not yet validated)."""
+    if not payload:
+        raise RejectedInput("empty payload", kind="decode")
+    if payload[0] in _MSGPACK_START:
+        try:
+            obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, timestamp=3)
+        except (ValueError, msgpack.UnpackException, TypeError) as exc:
+            raise RejectedInput(f"invalid MessagePack: {exc}", kind="decode") from exc
+    else:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise RejectedInput(f"invalid JSON: {exc}", kind="decode") from exc
+    if type(obj) is list:
+        return obj
+    if type(obj) is dict:
+        return [obj]
+    raise RejectedInput(
+        f"payload must be a reading or a list of readings, not {type(obj).__name__}", kind="shape"
+    )
+
+
+def _parse_ts(value: Any) -> float:
+    kind = type(value)
+    if kind is float or kind is int:
+        if 0 < value < 1e11:  # epoch seconds up to year 5138; rejects ms and NaN
+            return float(value)
+        raise RejectedInput(f"ts {value!r} is not epoch seconds", kind="bad_ts")
+    if kind is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise RejectedInput(f"ts {value!r} is not ISO-8601", kind="bad_ts") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    if kind is datetime:  # MessagePack timestamp extension
+        return float(value.timestamp())
+    raise RejectedInput(
+        f"ts must be a number or an ISO-8601 string, not {kind.__name__}", kind="bad_ts"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureMap:
+    """Maps a reading to the model's feature vector, in the manifest's order."""
+
+    features: tuple[str, ...]
+    require_ts: bool = True
+
+    def extract(self, reading: Any, machine: str, now: float) -> tuple[str, float, list[float]]:
+        """Return (machine, ts, row) or raise RejectedInput with the reason."""
+        if type(reading) is not dict:
+            raise RejectedInput(
+                f"reading must be an object, not {type(reading).__name__}", kind="shape"
+            )
+        try:
+            row = [reading[name] for name in self.features]
+        except KeyError as exc:
+            raise RejectedInput(f"missing field {exc.args[0]!r}", kind="missing_field") from None
+        for value in row:
+            kind = type(value)
+            if (kind is not float and kind is not int) or not (
+                -_FLOAT32_MAX <= value <= _FLOAT32_MAX
+            ):
+                raise self._bad_value(row)
+        ts = reading.get("ts")
+        if ts is None:
+            if self.require_ts:
+                raise RejectedInput("missing field 'ts'", kind="missing_field")
+            ts_value = now
+        else:
+            ts_value = _parse_ts(ts)
+        named = reading.get("machine")
+        if named is not None:
+            if type(named) is not str or not named or "+" in named or "#" in named:
+                raise RejectedInput(f"machine {named!r} is not a valid name", kind="bad_machine")
+            machine = named
+        return machine, ts_value, row
+
+    def _bad_value(self, row: Sequence[Any]) -> RejectedInput:
+        for name, value in zip(self.features, row, strict=True):
+            kind = type(value)
+            if kind is not float and kind is not int:
+                return RejectedInput(
+                    f"field {name!r} is not a number: {value!r}", kind="not_number"
+                )
+            if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+                return RejectedInput(f"field {name!r} is not finite: {value!r}", kind="non_finite")
+        raise AssertionError("no bad value in row")  # pragma: no cover
+
+
+class ReadingSink(Protocol):
+    """Where valid readings go (the batcher)."""
+
+    def add(
+        self, machine: str, ts: float, row: list[float], raw: dict[str, Any], arrived: float
+    ) -> None: ...
+    def mark(self, token: object) -> None: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    payload: bytes
+    reason: str
+    kind: str
+    index: int | None = None
+
+
+class Ingest:
+    """Turns one MQTT message into readings for the sink; never raises on bad input.
+
+    ``ack`` is the token (e.g. the MQTT message id) to release once every reading of the message
+    has been handled downstream; a message with no valid reading is released at once.
+    """
+
+    def __init__(
+        self,
+        features: FeatureMap,
+        sink: ReadingSink,
+        *,
+        topic_prefix: str,
+        dead_letter: Callable[[DeadLetter], None],
+        release: Callable[[object], None],
+        max_readings: int = 10_000,
+    ) -> None:
+        self.features = features
+        self._sink = sink
+        self._prefix = topic_prefix.rstrip("/") + "/"
+        self._dead_letter = dead_letter
+        self._release = release
+        self._max_readings = max_readings
+        self.readings_in = 0
+        self.accepted = 0
+
+    def handle(self, topic: str, payload: bytes, token: object, now: float) -> None:
+        machine = topic[len(self._prefix) :] if topic.startswith(self._prefix) else topic
+        try:
+            readings = decode_payload(payload)
+            if len(readings) > self._max_readings:
+                raise RejectedInput(
+                    f"{len(readings)} readings in one message, the limit is {self._max_readings}",
+                    kind="too_many",
+                )
+        except RejectedInput as exc:
+            self.readings_in += 1
+            self._dead_letter(DeadLetter(topic, payload, exc.reason, exc.kind))
+            self._release(token)
+            return
+        self.readings_in += len(readings)
+        extract, add = self.features.extract, self._sink.add
+        accepted = 0
+        for index, reading in enumerate(readings):
+            try:
+                m, ts, row = extract(reading, machine, now)
+            except RejectedInput as exc:
+                self._dead_letter(
+                    DeadLetter(
+                        topic,
+                        _reencode(reading),
+                        exc.reason,
+                        exc.kind,
+                        index if len(readings) > 1 else None,
+                    )
+                )
+                continue
+            add(m, ts, row, reading, now)
+            accepted += 1
+        self.accepted += accepted
+        if accepted:
+            self._sink.mark(token)
+        else:
+            self._release(token)
+
+
+def _reencode(reading: Any) -> bytes:
+    try:
+        return orjson.dumps(reading, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return repr(reading).encode()

@@ -1,0 +1,325 @@
+"""A thin asyncio adapter over paho-mqtt: the event loop drives paho's socket, no extra thread.
+
+paho is used for what it does well (MQTT v5 packets, sessions, manual QoS 1 acknowledgement);
+this module adds what an asyncio service needs: readers and writers on the loop, a supervisor
+that reconnects with jittered backoff, and awaitable publishes. Callbacks (``on_message``) run on
+the loop thread. An acknowledgement token carries the connection it came from, so a PUBACK is
+never sent on a later connection, where the same packet id may name another message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from .config import Settings
+from .errors import BrokerUnavailable
+
+__all__ = ["Ack", "Message", "MqttClient"]
+
+log = logging.getLogger(__name__)
+
+_CONNACK_TIMEOUT = 10.0
+_READS_PER_WAKE = 256  # packets read per readable event before yielding to other tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """What to acknowledge once a QoS 1 message is safely handled."""
+
+    generation: int
+    mid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    ack: Ack | None
+    arrived: float  # loop time
+
+
+class MqttClient:
+    """An MQTT v5 session with the broker, kept alive until the context exits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_message: Callable[[Message], None],
+        *,
+        will: tuple[str, bytes] | None = None,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self._settings = settings.mqtt
+        self._on_message_cb = on_message
+        self._on_connect_cb = on_connect
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+        )
+        c = self._client
+        if self._settings.username is not None:
+            c.username_pw_set(self._settings.username, self._settings.password)
+        if self._settings.tls_ca is not None:
+            c.tls_set(ca_certs=str(self._settings.tls_ca))
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_message
+        c.on_publish = self._handle_publish
+        c.on_socket_open = self._socket_open
+        c.on_socket_close = self._socket_close
+        c.on_socket_register_write = self._register_write
+        c.on_socket_unregister_write = self._unregister_write
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._generation = 0
+        self._connected = asyncio.Event()
+        self._connack: asyncio.Future[ReasonCode] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._confirm: dict[int, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.delivered = 0
+        self.reconnects = 0
+        self.on_state: Callable[[bool], None] = lambda connected: None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> MqttClient:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._task = asyncio.create_task(self._supervise(), name="gateway.mqtt")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Disconnect cleanly (the will is not sent) and stop reconnecting. Safe to call twice."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.connected:
+            self._client.disconnect()
+            self._client.loop_write()
+        self._client._sock_close()
+        for fut in self._confirm.values():
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable("client closed before the broker confirmed"))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # -- publishing and acknowledging ------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
+        """Queue a publish; returns the paho result code (QoS 0 while disconnected is lost)."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain).rc
+
+    async def publish_confirmed(
+        self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 5.0
+    ) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK."""
+        assert self._loop is not None
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        fut = self._loop.create_future()
+        self._confirm[info.mid] = fut
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._confirm.pop(info.mid, None)
+
+    def ack(self, ack: Ack) -> None:
+        """Acknowledge a QoS 1 message, unless its connection is gone (the broker resends it)."""
+        if ack.generation == self._generation and self.connected:
+            self._client.ack(ack.mid, 1)
+
+    def subscribe(self, topic: str, qos: int) -> None:
+        self._client.subscribe(topic, qos=qos)
+
+    # -- supervisor ------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        s = self._settings
+        while True:
+            retrying = AsyncRetrying(
+                wait=wait_random_exponential(multiplier=s.reconnect_min, max=s.reconnect_max),
+                retry=retry_if_exception_type(BrokerUnavailable),
+                before_sleep=self._log_retry,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._connect_once()
+            assert self._lost is not None
+            await self._lost
+            if self._closing:
+                return
+
+    async def _connect_once(self) -> None:
+        assert self._loop is not None
+        s = self._settings
+        self._connack = self._loop.create_future()
+        self._lost = self._loop.create_future()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = s.session_expiry
+        props.ReceiveMaximum = s.receive_maximum
+        try:
+            # Name resolution and the TCP handshake block: keep them off the loop.
+            await asyncio.to_thread(
+                self._client.connect,
+                s.host,
+                s.port,
+                s.keepalive,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, socket.gaierror) as exc:
+            raise BrokerUnavailable(f"cannot reach broker {s.host}:{s.port}: {exc}") from exc
+        misc = asyncio.create_task(self._misc(), name="gateway.mqtt.keepalive")
+        try:
+            rc = await asyncio.wait_for(self._connack, _CONNACK_TIMEOUT)
+        except TimeoutError as exc:
+            misc.cancel()
+            self._client._sock_close()
+            raise BrokerUnavailable(f"broker {s.host}:{s.port} sent no CONNACK") from exc
+        except BrokerUnavailable:
+            misc.cancel()
+            raise
+        if rc.is_failure:
+            misc.cancel()
+            self._client._sock_close()
+            raise BrokerUnavailable(f"broker {s.host}:{s.port} refused the connection: {rc}")
+        self._lost.add_done_callback(lambda _: misc.cancel())
+
+    async def _misc(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._client.loop_misc()
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "broker unavailable, retrying attempt=%d in=%.2fs error=%s",
+            state.attempt_number,
+            delay,
+            exc,
+        )
+
+    # -- paho callbacks (loop thread, except socket callbacks during connect) --------------
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        rc: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(rc)
+        if rc.is_failure:
+            return
+        self._generation += 1
+        self._connected.set()
+        log.info(
+            "broker connected host=%s port=%d session_present=%s",
+            self._settings.host,
+            self._settings.port,
+            flags.session_present,
+        )
+        self.on_state(True)
+        if self._on_connect_cb is not None:
+            self._on_connect_cb()
+
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        rc: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        was = self.connected
+        self._connected.clear()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(BrokerUnavailable(f"disconnected before CONNACK: {rc}"))
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if was:
+            self.reconnects += 1
+            self.on_state(False)
+            if not self._closing:
+                log.warning("broker connection lost reason=%s", rc)
+
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.delivered += 1
+        assert self._loop is not None
+        ack = Ack(self._generation, msg.mid) if msg.qos else None
+        self._on_message_cb(Message(msg.topic, bytes(msg.payload), msg.qos, ack, self._loop.time()))
+
+    def _handle_publish(
+        self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
+    ) -> None:
+        fut = self._confirm.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _readable(self) -> None:
+        client = self._client
+        for _ in range(_READS_PER_WAKE):
+            before = self.delivered
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if self.delivered == before:  # nothing new: the socket is drained (or a control packet)
+                return
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    def _in_loop(self, fn: Callable[..., object], *args: Any) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.add_reader, sock, self._readable)
+
+    def _socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.remove_reader, sock)
+        self._in_loop(self._loop.remove_writer, sock)
+
+    def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.add_writer, sock, self._writable)
+
+    def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.remove_writer, sock)
