@@ -177,6 +177,7 @@ class Gateway:
         assert self.batcher is not None
         loop = asyncio.get_running_loop()
         batcher, metrics = self.batcher, self.metrics
+        inline_below = self.settings.scoring.inline_below
         while True:
             await batcher.wait()
             if not len(batcher):
@@ -187,7 +188,12 @@ class Gateway:
             start = loop.time()
             metrics.queue_delay.observe(start - batch.oldest)
             try:
-                scores = await loop.run_in_executor(self._executor, scorer.score, batch.features)
+                if scorer.recent_call_seconds < inline_below:
+                    scores = scorer.score(batch.features)
+                else:
+                    scores = await loop.run_in_executor(
+                        self._executor, scorer.score, batch.features
+                    )
             except Exception as exc:
                 log.error(
                     "model call failed model=%s rows=%d error=%s", scorer.label, len(batch), exc
@@ -196,6 +202,7 @@ class Gateway:
                 continue
             metrics.model_seconds.observe(loop.time() - start)
             self._emit(batch, scores, scorer.label)
+            self.mqtt.flush()
             metrics.batch_size.observe(len(batch))
             metrics.latency.observe(loop.time() - batch.oldest)
             metrics.pending.set(len(batcher))
@@ -299,6 +306,8 @@ class Gateway:
         }
         if state == "online" or extra.get("reason") == "shutdown":
             body.update(self.health()[1])  # the will cannot: it was fixed at connect time
+            if state == "offline":
+                del body["broker_connected"]
         body.update(extra)
         return _json(body)
 

@@ -73,6 +73,9 @@ class BatcherSection(_Section):
 class ScoringSection(_Section):
     intra_op_threads: int = Field(default=1, ge=0)
     inter_op_threads: int = Field(default=1, ge=0)
+    # Models whose calls take less than this (seconds, moving average) run on the event loop:
+    # handing a 15 µs call to a worker thread and back costs more than the call. 0: always a thread.
+    inline_below: float = Field(default=0.0005, ge=0, le=0.01)
 
 
 class HttpSection(_Section):

@@ -60,6 +60,10 @@ class LocalBroker:
         text = re.sub(
             r"(?m)^persistence_location\s+.*$", f"persistence_location {workdir / 'data'}/", text
         )
+        if os.geteuid() == 0:
+            # Started as root, mosquitto becomes user `mosquitto`, who cannot write our folder:
+            # persistence would fail silently ("Permission denied" at each save).
+            text += "\n# Added by LocalBroker: stay the user who owns the data folder.\nuser root\n"
         self.config_path.write_text(text)
 
     def start(self, timeout: float = 10.0) -> LocalBroker:

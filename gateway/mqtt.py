@@ -98,6 +98,8 @@ class MqttClient:
         self._confirm: dict[int, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writer: Any = None  # the socket while a writer waits for it to drain
+        self._flush_scheduled = False
         self.delivered = 0
         self.reconnects = 0
         self.on_state: Callable[[bool], None] = lambda connected: None
@@ -297,8 +299,39 @@ class MqttClient:
             if self.delivered == before:  # nothing new: the socket is drained (or a control packet)
                 return
 
+    def flush(self) -> None:
+        """Write what paho has queued now (scores, acks), not on a later turn of the loop.
+        Only when the socket is full does a writer wait for it to drain."""
+        client = self._client
+        if client.want_write():
+            client.loop_write()
+        sock = client.socket()
+        if client.want_write() and sock is not None and self._writer is None:
+            assert self._loop is not None
+            self._loop.add_writer(sock, self._writable)
+            self._writer = sock
+
+    def _flush_soon(self) -> None:
+        # Publishes made in one turn of the loop go out together at its end.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
     def _writable(self) -> None:
         self._client.loop_write()
+        if not self._client.want_write():
+            self._drop_writer()
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            assert self._loop is not None
+            self._loop.remove_writer(self._writer)
+            self._writer = None
 
     def _in_loop(self, fn: Callable[..., object], *args: Any) -> None:
         assert self._loop is not None
@@ -309,17 +342,18 @@ class MqttClient:
 
     def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
+        # paho leaves Nagle on: a score would wait for the broker's next packet (up to 40 ms).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._in_loop(self._loop.add_reader, sock, self._readable)
 
     def _socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
         self._in_loop(self._loop.remove_reader, sock)
-        self._in_loop(self._loop.remove_writer, sock)
+        self._in_loop(self._drop_writer)
 
     def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        self._in_loop(self._loop.add_writer, sock, self._writable)
+        self._in_loop(self._flush_soon)
 
     def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        self._in_loop(self._loop.remove_writer, sock)
+        self._in_loop(self._drop_writer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from .manifest import Bundle, Manifest
 __all__ = ["Scorer"]
 
 log = logging.getLogger(__name__)
+
+# A plant's network is no place for vendor usage reports.
+ort.disable_telemetry_events()
 
 _FLOAT_TYPES = {"tensor(float)"}
 
@@ -41,6 +45,7 @@ class Scorer:
             raise ModelError(f"{self.label} does not load in ONNX Runtime: {exc}") from exc
         self._input = self.manifest.io.input
         self._outputs = [self.manifest.io.score]
+        self.recent_call_seconds = 0.0  # moving average, to decide inline or worker thread
         self._check_signature()
         self._check_golden()
 
@@ -54,7 +59,12 @@ class Scorer:
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """One score per row of ``features`` (shape (N, len(features)))."""
+        start = time.perf_counter()
         out = self._session.run(self._outputs, {self._input: features})[0]
+        took = time.perf_counter() - start
+        self.recent_call_seconds = (
+            took if not self.recent_call_seconds else (0.9 * self.recent_call_seconds + 0.1 * took)
+        )
         scores = np.asarray(out, dtype=np.float32).reshape(-1)
         if scores.shape[0] != features.shape[0]:
             raise ModelError(
