@@ -187,7 +187,7 @@ class Ingest:
                 self._dead_letter(
                     DeadLetter(
                         topic,
-                        _reencode(reading),
+                        payload if len(readings) == 1 else _reencode(reading),
                         exc.reason,
                         exc.kind,
                         index if len(readings) > 1 else None,

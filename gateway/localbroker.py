@@ -45,7 +45,14 @@ def free_port() -> int:
 class LocalBroker:
     """Start (and restart) Mosquitto with the repo's config in ``workdir`` on ``port``."""
 
-    def __init__(self, workdir: Path, port: int | None = None, config: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        config: Path | None = None,
+        extra: str = "",
+    ) -> None:
+        """``extra`` lines are appended to the config (tests that need a setting of their own)."""
         self.workdir = workdir
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -64,6 +71,8 @@ class LocalBroker:
             # Started as root, mosquitto becomes user `mosquitto`, who cannot write our folder:
             # persistence would fail silently ("Permission denied" at each save).
             text += "\n# Added by LocalBroker: stay the user who owns the data folder.\nuser root\n"
+        if extra:
+            text += "\n# Added by LocalBroker for this run.\n" + extra + "\n"
         self.config_path.write_text(text)
 
     def start(self, timeout: float = 10.0) -> LocalBroker:

@@ -21,6 +21,8 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.localbroker import LocalBroker, free_port
 
@@ -34,8 +36,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    """A Mosquitto of this test's own, for tests that stop or restart it."""
-    b = LocalBroker(tmp_path / "broker").start()
+    """A Mosquitto of this test's own, for tests that stop or restart it. It also queues QoS 0
+    messages for offline persistent sessions, so a test's observer misses no score while it
+    reconnects (the gateway is held to no such help: it sees the shipped configuration)."""
+    b = LocalBroker(tmp_path / "broker", extra="queue_qos0_messages true").start()
     yield b
     b.stop()
 
@@ -43,7 +47,7 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
 class Client:
     """A test-side MQTT client (paho, its own thread) that records what it receives."""
 
-    def __init__(self, broker: LocalBroker, *topics: str) -> None:
+    def __init__(self, broker: LocalBroker, *topics: str, persistent: bool = False) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
         self._subscribed: queue.Queue[int] = queue.Queue()
@@ -53,9 +57,14 @@ class Client:
             protocol=paho.MQTTv5,
         )
         self._c.max_queued_messages_set(0)
+        self._c.reconnect_delay_set(0.1, 0.5)
         self._c.on_message = self._on_message
         self._c.on_subscribe = lambda *a: self._subscribed.put(1)
-        self._c.connect(broker.host, broker.port)
+        props = None
+        if persistent:  # the broker keeps our subscriptions and queue across a restart
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 600
+        self._c.connect(broker.host, broker.port, clean_start=not persistent, properties=props)
         self._c.loop_start()
         for t in topics:
             self._c.subscribe(t, qos=1)
@@ -65,6 +74,10 @@ class Client:
         with self._cond:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
             self._cond.notify_all()
+
+    def publish_async(self, topic: str, payload: dict[str, Any], qos: int = 1) -> None:
+        """Publish without waiting: paho queues and resends across reconnects."""
+        self._c.publish(topic, orjson.dumps(payload), qos=qos)
 
     def publish(
         self,
@@ -107,8 +120,8 @@ def flatten(payloads: list[Any]) -> list[dict[str, Any]]:
 def client_factory(broker: LocalBroker) -> Iterator[Callable[..., Client]]:
     made: list[Client] = []
 
-    def make(*topics: str, on: LocalBroker | None = None) -> Client:
-        c = Client(on or broker, *topics)
+    def make(*topics: str, on: LocalBroker | None = None, persistent: bool = False) -> Client:
+        c = Client(on or broker, *topics, persistent=persistent)
         made.append(c)
         return c
 

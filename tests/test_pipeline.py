@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -194,32 +195,35 @@ def test_killed_gateway_is_reported_offline_by_its_will(
 
 
 @pytest.mark.slow
-def test_broker_restart_mid_stream_reconnects_and_resubscribes(
+def test_broker_restart_mid_stream_loses_no_reading(
     own_broker: Any,
     gateway_factory: Callable[..., GatewayProc],
     client_factory: Callable[..., Client],
 ) -> None:
     gw = gateway_factory(on=own_broker)
-    rows = readings(60)[0]
-    sub = client_factory(f"{gw.scores}/#", on=own_broker)
+    sub = client_factory(f"{gw.scores}/#", on=own_broker, persistent=True)
     pub = client_factory(on=own_broker)
-    for r in rows[:30]:
-        pub.publish(f"{gw.telemetry}/m1", r)
-    sub.wait_for(lambda: len(flatten(sub.on(gw.scores))) == 30)
-    sub.close()
-    pub.close()
-    own_broker.restart()  # persistence on: sessions and subscriptions survive
-    deadline = time.monotonic() + 30
-    while not gw.health()[0]:
-        assert time.monotonic() < deadline, gw.log
-        time.sleep(0.1)
+    rows = readings(300)[0]
+    done = threading.Event()
+
+    def publish() -> None:  # QoS 1 throughout; paho holds and resends what the broker missed
+        for r in rows:
+            pub.publish_async(f"{gw.telemetry}/m1", r)
+            time.sleep(0.01)
+        done.set()
+
+    threading.Thread(target=publish, daemon=True).start()
+    sub.wait_for(lambda: len(flatten(sub.on(gw.scores))) >= 50)
+    own_broker.restart()  # persistence on: sessions, subscriptions and queued readings survive
+    assert done.wait(60)
+    expected = {r["ts"] for r in rows}
+    sub.wait_for(lambda: {s["ts"] for s in flatten(sub.on(gw.scores))} >= expected, timeout=60)
+    scored = [s["ts"] for s in flatten(sub.on(gw.scores))]
+    # At least once: a reading in flight at the restart may be scored twice, and the readings
+    # resent after the restart need not keep their order (MQTT promises none across it).
+    assert set(scored) == expected, "every reading scored, nothing invented"
     assert gw.metric("gateway_broker_disconnects_total") == 1
-    sub = client_factory(f"{gw.scores}/#", on=own_broker)
-    pub = client_factory(on=own_broker)
-    for r in rows[30:]:
-        pub.publish(f"{gw.telemetry}/m1", r)
-    sub.wait_for(lambda: len(flatten(sub.on(gw.scores))) == 30)
-    assert [s["ts"] for s in flatten(sub.on(gw.scores))] == [r["ts"] for r in rows[30:]]
+    assert gw.health()[0]
     assert "broker connection lost" in gw.log
 
 
