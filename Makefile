@@ -37,7 +37,8 @@ demo: $(STAMP) mosquitto
 	$(BIN)/edge-gateway demo
 
 bench: $(STAMP) mosquitto
-	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/latency.py --rates 1000,2000,5000
+	$(BIN)/python bench/spool.py
 
 # Rebuild the bundled default model from its recipe (byte-for-byte reproducible).
 model: $(STAMP)

@@ -21,6 +21,7 @@ from .manifest import Bundle, default_bundle_dir, load_bundle
 from .metrics import HttpServer, Metrics
 from .mqtt import Ack, Message, MqttClient
 from .scoring import Scorer
+from .spooler import Spooler, open_spool, records_for
 
 __all__ = ["Gateway"]
 
@@ -61,6 +62,7 @@ class Gateway:
         self._recent_letters = 0  # since the last status, for one WARNING line per interval
         self._last_letter: DeadLetter | None = None
         self.http: HttpServer | None = None
+        self.spooler: Spooler | None = None
         self.mqtt = MqttClient(
             settings,
             self._on_message,
@@ -98,6 +100,12 @@ class Gateway:
             release=self._release,
             max_readings=s.ingest.max_readings_per_message,
         )
+        self.spooler = Spooler(
+            await asyncio.to_thread(open_spool, s),
+            self._release,
+            retry=s.spool.retry,
+            on_commit=self._on_commit,
+        )
         self._register_metrics()
         if s.http.enabled:
             self.http = HttpServer(s.http.host, s.http.port, self.metrics, self.health)
@@ -106,6 +114,7 @@ class Gateway:
         self._intake_open = True
         try:
             async with self.mqtt, asyncio.TaskGroup() as tasks:
+                spooling = tasks.create_task(self.spooler.run(), name="gateway.spool")
                 scoring = tasks.create_task(self._score_loop(), name="gateway.scoring")
                 status = tasks.create_task(self._status_loop(), name="gateway.status")
                 await stop.wait()
@@ -113,6 +122,8 @@ class Gateway:
                 self._intake_open = False  # unacknowledged messages stay with the broker
                 self.batcher.close()
                 await scoring
+                self.spooler.close()
+                await spooling  # committed and acknowledged
                 status.cancel()
                 if self.mqtt.connected:
                     try:
@@ -127,6 +138,8 @@ class Gateway:
         finally:
             if self.http is not None:
                 self.http.close()
+            if self.spooler is not None:
+                self.spooler.shutdown()
             self._executor.shutdown(wait=True)
         log.info("stopped scored=%d", self.scored)
 
@@ -220,6 +233,7 @@ class Gateway:
         publish = self.mqtt.publish
         for machine, items in by_machine.items():
             publish(self._scores + machine, orjson.dumps(items[0] if len(items) == 1 else items))
+        changes = []
         for alert in self.alerts.update(batch.machines, batch.ts, scores):
             self.metrics.alerts.labels(alert.state).inc()
             log.info(
@@ -230,14 +244,14 @@ class Gateway:
                 alert.threshold,
                 label,
             )
-            publish(
-                self._alerts + alert.machine,
-                _json(alert.payload(label, batch.raw[alert.index])),
-                qos=1,
-            )
+            payload = alert.payload(label, batch.raw[alert.index])
+            publish(self._alerts + alert.machine, _json(payload), qos=1)
+            changes.append((alert, payload))
         self.metrics.alerts_active.set(self.alerts.active)
-        for token in batch.tokens:
-            self._release(token)
+        assert self.spooler is not None
+        features = self.scorer.features if self.scorer else ()
+        records = records_for(self.settings.gateway.site, batch, scores, label, features, changes)
+        self.spooler.put(records, batch.tokens)  # acknowledged once on disk
         self.scored += len(batch)
 
     def _reject_batch(self, batch: Batch, reason: str) -> None:
@@ -324,7 +338,17 @@ class Gateway:
             "readings_pending": len(self.batcher) if self.batcher else 0,
             "alerts_active": self.alerts.active if self.alerts else 0,
         }
+        if self.spooler is not None:
+            details["spool"] = {
+                lane: {"records": r, "bytes": b, "readings": n}
+                for lane, (r, b, n) in self.spooler.spool.usage().items()
+            }
+            details["spool_blocked"] = self.spooler.blocked
         return bool(self.mqtt.connected and self.scorer), details
+
+    def _on_commit(self, records: int, seconds: float) -> None:
+        self.metrics.spool_commit_seconds.observe(seconds)
+        self.metrics.spool_commit_records.observe(records)
 
     def _register_metrics(self) -> None:
         m = self.metrics
@@ -339,6 +363,13 @@ class Gateway:
         m.live_counter(
             "gateway_readings_scored", "Readings scored and published", lambda: self.scored
         )
+        if self.spooler is not None:
+            spool = self.spooler.spool
+            m.spool(
+                spool.usage,
+                lambda: dict(spool.counters),
+                lambda: self.spooler.blocked if self.spooler else False,
+            )
         m.live_counter(
             "gateway_readings_shed",
             "QoS 0 readings dropped because the queue was full",

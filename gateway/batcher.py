@@ -26,7 +26,8 @@ class Batch:
 
     machines: list[str]
     ts: list[float]
-    features: npt.NDArray[np.float32]
+    values: npt.NDArray[np.float64]  # the features as received, for the spool
+    features: npt.NDArray[np.float32]  # the same as the model takes them
     raw: list[dict[str, Any]]
     tokens: list[object]
     oldest: float  # loop time the oldest reading arrived
@@ -117,8 +118,8 @@ class Batcher:
             tokens.append(queue.popleft()[1])
         if queue:
             self._tokens = deque((pos - n, token) for pos, token in queue)
-        features = np.array(rows, dtype=np.float32).reshape(n, self._n_features)
-        return Batch(machines, ts, features, raw, tokens, arrived[0])
+        values = np.array(rows, dtype=np.float64).reshape(n, self._n_features)
+        return Batch(machines, ts, values, values.astype(np.float32), raw, tokens, arrived[0])
 
     async def _park(self, wanted: int) -> None:
         self._wanted = wanted

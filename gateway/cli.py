@@ -97,6 +97,60 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .spooler import decode_body, open_spool
+
+    try:
+        spool = open_spool(load_settings(args.config))
+    except ConfigError as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "stats":
+            st = spool.stats()
+            print(
+                orjson.dumps(
+                    {"path": st.path, "lanes": st.lanes, "counters": st.counters},
+                    option=orjson.OPT_INDENT_2,
+                ).decode()
+            )
+            return 0
+        lanes = [args.lane] if args.lane else spool.lanes_by_priority()
+        shown = 0
+        for lane in lanes:
+            after = 0
+            while shown < args.limit:
+                records = spool.oldest(lane, max_bytes=8 << 20, after=after)
+                if not records:
+                    break
+                for r in records[: args.limit - shown]:
+                    if args.action == "inspect":
+                        print(
+                            f"{r.seq:>10} {r.lane:<9} {r.key:<24} {r.count:>6} readings "
+                            f"{len(r.body):>8} bytes  {_utc(r.created)}"
+                        )
+                    else:
+                        row = {
+                            "seq": r.seq,
+                            "lane": r.lane,
+                            "key": r.key,
+                            "created": r.created,
+                            "count": r.count,
+                            "records": decode_body(r.lane, r.body),
+                        }
+                        sys.stdout.write(orjson.dumps(row).decode() + "\n")
+                    shown += 1
+                after = records[-1].seq
+        return 0
+    finally:
+        spool.close()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -112,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     p_sim = sub.add_parser("simulate", help="publish simulated telemetry")
     simulate.add_arguments(p_sim)
     p_sim.set_defaults(func=_simulate)
+    p_spool = sub.add_parser("spool", help="look into the spool (works while the gateway runs)")
+    p_spool.add_argument("action", choices=("stats", "inspect", "export"))
+    p_spool.add_argument("-c", "--config", type=Path, default=None, help="TOML settings file")
+    p_spool.add_argument("--lane", choices=("alerts", "scores", "telemetry"), default=None)
+    p_spool.add_argument("--limit", type=int, default=50, help="records at most (inspect, export)")
+    p_spool.set_defaults(func=_spool)
     p_demo = sub.add_parser("demo", help="broker + gateway + simulator with a live view")
     p_demo.add_argument("--duration", type=float, default=60.0)
     p_demo.set_defaults(func=_demo)

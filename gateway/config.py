@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from pathlib import Path
@@ -26,7 +27,7 @@ class _Section(BaseModel):
 class GatewaySection(_Section):
     id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/#+\s]+$")
     site: str = Field(default="default", min_length=1, pattern=r"^[^/#+\s]+$")
-    data_dir: Path = Path("/var/lib/edge-gateway")
+    data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     status_interval: float = Field(default=10.0, gt=0, description="seconds between status")
 
 
@@ -63,6 +64,37 @@ class IngestSection(_Section):
     max_pending: int = Field(
         default=200_000, ge=1, description="readings queued before QoS 0 input is shed"
     )
+
+
+def _default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/edge-gateway")
+    return Path.home() / ".local" / "state" / "edge-gateway"
+
+
+class SpoolSection(_Section):
+    """The disk queue between scoring and the cloud; sizes accept units ("512MiB")."""
+
+    path: Path | None = None  # default: <gateway.data_dir>/spool.db
+    budget: ByteSize = ByteSize(1 << 30)
+    durability: Literal["full", "normal", "off"] = "full"
+    # Per lane: seconds a record may wait for the cloud, and its share of the budget.
+    alerts_ttl: float = Field(default=30 * 86_400, gt=0)
+    alerts_share: float = Field(default=0.05, gt=0, le=1)
+    scores_ttl: float = Field(default=7 * 86_400, gt=0)
+    scores_share: float = Field(default=0.25, gt=0, le=1)
+    scores_when_full: Literal["block", "drop_oldest"] = "drop_oldest"
+    telemetry_ttl: float = Field(default=7 * 86_400, gt=0)
+    telemetry_share: float = Field(default=0.70, gt=0, le=1)
+    telemetry_when_full: Literal["block", "drop_oldest"] = "drop_oldest"
+    retry: float = Field(default=1.0, gt=0, description="seconds between tries when blocked")
+
+    @model_validator(mode="after")
+    def _shares(self) -> SpoolSection:
+        total = self.alerts_share + self.scores_share + self.telemetry_share
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the lanes' shares add up to {total:g}, more than the budget")
+        return self
 
 
 class BatcherSection(_Section):
@@ -104,6 +136,7 @@ class Settings(BaseSettings):
     mqtt: MqttSection = MqttSection()
     ingest: IngestSection = IngestSection()
     batcher: BatcherSection = BatcherSection()
+    spool: SpoolSection = SpoolSection()
     scoring: ScoringSection = ScoringSection()
     http: HttpSection = HttpSection()
     log: LogSection = LogSection()
@@ -111,6 +144,10 @@ class Settings(BaseSettings):
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"edgegw-{self.gateway.id}"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool.path or self.gateway.data_dir / "spool.db"
 
     @classmethod
     def settings_customise_sources(
@@ -161,7 +198,3 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
-
-
-# Re-exported for callers that size things in bytes ("64MiB").
-ByteSizeT = ByteSize

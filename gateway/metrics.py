@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["HttpServer", "Metrics"]
@@ -86,6 +86,18 @@ class Metrics:
         self.reconnects = Counter(
             "gateway_broker_disconnects", "Broker connections lost", registry=r
         )
+        self.spool_commit_seconds = Histogram(
+            "gateway_spool_commit_seconds",
+            "One spool transaction (group commit)",
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.spool_commit_records = Histogram(
+            "gateway_spool_commit_records",
+            "Spool rows per commit",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.model_info = Gauge(
             "gateway_model_info",
             "The model in service (value 1)",
@@ -97,14 +109,48 @@ class Metrics:
         """Expose a counter kept elsewhere as a plain number (cheap to increment)."""
         self._live.counters.append((name, doc, read))
 
+    def spool(
+        self,
+        usage: Callable[[], dict[str, tuple[int, int, int]]],
+        counters: Callable[[], dict[str, int]],
+        blocked: Callable[[], bool],
+    ) -> None:
+        """Expose the spool's lanes and counters, read from memory at scrape time."""
+        self._live.spool = (usage, counters, blocked)
+
 
 class _LiveCounters(Collector):
     def __init__(self) -> None:
         self.counters: list[tuple[str, str, Callable[[], float]]] = []
+        self.spool: tuple[Any, Any, Any] | None = None
 
-    def collect(self) -> Iterable[CounterMetricFamily]:
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         for name, doc, read in self.counters:
             yield CounterMetricFamily(name, doc, value=read())
+        if self.spool is None:
+            return
+        usage, counters, blocked = self.spool
+        lanes = usage()
+        for i, (name, doc) in enumerate(
+            (
+                ("gateway_spool_records", "Spool rows waiting for the cloud, by lane"),
+                ("gateway_spool_bytes", "Bytes waiting for the cloud, by lane"),
+                ("gateway_spool_readings", "Readings waiting for the cloud, by lane"),
+            )
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["lane"])
+            for lane, values in lanes.items():
+                family.add_metric([lane], values[i])
+            yield family
+        for name, value in counters().items():
+            yield CounterMetricFamily(
+                f"gateway_spool_{name}", f"Spool {name.replace('_', ' ')}", value=value
+            )
+        yield GaugeMetricFamily(
+            "gateway_spool_blocked",
+            "1 while a full block lane holds acknowledgements",
+            value=1 if blocked() else 0,
+        )
 
 
 class _Server(ThreadingMixIn, WSGIServer):

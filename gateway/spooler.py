@@ -1,0 +1,241 @@
+"""Spooler: commits scored micro-batches to the spool in groups, then releases their acks.
+
+The scoring loop hands over each batch's records (telemetry, scores, alerts) with the MQTT
+acknowledgements they carry; one task takes everything queued, commits it in one transaction on
+the spool's own thread, and only then releases the acknowledgements: what the broker forgets,
+the disk has. While a commit runs, the next batches queue and join the next commit (group
+commit), so a slow fsync makes commits bigger, not the gateway slower. When a ``block`` lane is
+full the batches wait, unacknowledged, and the broker holds the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from .alerts import Alert
+from .batcher import Batch
+from .config import Settings
+from .errors import ConfigError
+from .spool import LaneConfig, Spool, SpoolFull
+
+__all__ = ["Spooler", "Stored", "decode_body", "group_of", "open_spool", "records_for"]
+
+log = logging.getLogger(__name__)
+
+BODY_VERSION = 1
+
+
+def open_spool(settings: Settings) -> Spool:
+    """The spool as the settings describe it (blocking: call it from a thread)."""
+    sp = settings.spool
+    lanes = {
+        "alerts": LaneConfig(0, sp.alerts_ttl, sp.alerts_share, "block"),
+        "scores": LaneConfig(1, sp.scores_ttl, sp.scores_share, sp.scores_when_full),
+        "telemetry": LaneConfig(2, sp.telemetry_ttl, sp.telemetry_share, sp.telemetry_when_full),
+    }
+    path = settings.spool_path
+    try:
+        return Spool(path, budget=int(sp.budget), lanes=lanes, durability=sp.durability)
+    except OSError as exc:
+        raise ConfigError(f"spool.path / gateway.data_dir: cannot use {path}: {exc}") from exc
+
+
+def group_of(machine: str) -> str:
+    """The machine group: the first segment of the machine path (``line1/press-07`` → line1)."""
+    return machine.split("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One spool row to be: lane, partition key, MessagePack body, readings in it."""
+
+    lane: str
+    key: str
+    body: bytes
+    count: int
+
+
+def _columns(machines: Sequence[str]) -> tuple[list[str], bytes]:
+    codes: dict[str, int] = {}
+    index = [codes.setdefault(m, len(codes)) for m in machines]
+    return list(codes), np.asarray(index, dtype=np.uint32).tobytes()
+
+
+def records_for(
+    site: str,
+    batch: Batch,
+    scores: npt.NDArray[np.float32],
+    label: str,
+    features: Sequence[str],
+    alerts: Sequence[tuple[Alert, dict[str, Any]]],
+) -> list[Stored]:
+    """The spool rows of one scored batch: per lane and machine group, columns packed.
+
+    Bodies are an internal format (MessagePack, numbers as little-endian arrays); the uplink
+    turns them into wire-format messages (docs/wire-format.md).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, machine in enumerate(batch.machines):
+        groups.setdefault(group_of(machine), []).append(i)
+    ts = np.asarray(batch.ts, dtype=np.float64)
+    out: list[Stored] = []
+    for group, rows in groups.items():
+        key = f"{site}/{group}"
+        idx = np.asarray(rows) if len(rows) < len(batch) else slice(None)
+        names, codes = _columns([batch.machines[i] for i in rows])
+        common = {"v": BODY_VERSION, "machines": names, "machine": codes, "ts": ts[idx].tobytes()}
+        telemetry = dict(
+            common,
+            features=list(features),
+            values=np.ascontiguousarray(batch.values[idx]).tobytes(),
+        )
+        out.append(Stored("telemetry", key, msgpack.packb(telemetry), len(rows)))
+        scored = dict(
+            common, model=label, score=np.ascontiguousarray(scores[idx], dtype=np.float32).tobytes()
+        )
+        out.append(Stored("scores", key, msgpack.packb(scored), len(rows)))
+    for alert, payload in alerts:
+        body = msgpack.packb({"v": BODY_VERSION, "alerts": [payload]}, default=str)
+        out.append(Stored("alerts", f"{site}/{group_of(alert.machine)}", body, 1))
+    return out
+
+
+def decode_body(lane: str, body: bytes) -> dict[str, Any]:
+    """A spool body back to plain columns (lists), for the uplink and ``spool export``."""
+    raw: dict[str, Any] = msgpack.unpackb(body)
+    if lane == "alerts":
+        return {"alerts": raw["alerts"]}
+    names = raw["machines"]
+    out: dict[str, Any] = {
+        "machine": [names[i] for i in np.frombuffer(raw["machine"], dtype=np.uint32)],
+        "ts": np.frombuffer(raw["ts"], dtype=np.float64).tolist(),
+    }
+    if lane == "telemetry":
+        values = np.frombuffer(raw["values"], dtype=np.float64).reshape(len(out["ts"]), -1)
+        for j, name in enumerate(raw["features"]):
+            out[name] = values[:, j].tolist()
+    else:
+        out["model"] = raw["model"]
+        out["score"] = np.frombuffer(raw["score"], dtype=np.float32).tolist()
+    return out
+
+
+@dataclass
+class _Group:
+    records: list[Stored] = field(default_factory=list)
+    tokens: list[object] = field(default_factory=list)
+
+
+class Spooler:
+    """The one task that writes the spool; ``put`` is called by the scoring loop."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        release: Callable[[object], None],
+        *,
+        retry: float = 1.0,
+        expire_every: float = 60.0,
+        on_commit: Callable[[int, float], None] = lambda records, seconds: None,
+    ) -> None:
+        self.spool = spool
+        self._release = release
+        self._retry = retry
+        self._expire_every = expire_every
+        self._on_commit = on_commit
+        self._queue: list[_Group] = []
+        self._wakeup: asyncio.Event | None = None
+        self._closed = False
+        self.blocked = False  # a block lane is full: acknowledgements are held
+        self.held_tokens = 0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="gateway.spool")
+
+    def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run ``fn`` on the spool's thread (every SQLite call goes through it)."""
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def put(self, records: list[Stored], tokens: list[object]) -> None:
+        self._queue.append(_Group(records, tokens))
+        self.held_tokens += len(tokens)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """Commit until ``close``; then commit what is left and return."""
+        self._wakeup = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        next_expiry = loop.time() + self._expire_every
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                timeout = max(0.0, next_expiry - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+            if loop.time() >= next_expiry:
+                await self.run_in_thread(self.spool.expire, time.time())
+                next_expiry = loop.time() + self._expire_every
+            if self._queue:
+                await self._commit_queued()
+
+    async def _commit_queued(self) -> None:
+        groups, self._queue = self._queue, []
+        records = [r for g in groups for r in g.records]
+        start = time.perf_counter()
+        try:
+            await self.run_in_thread(self._write, records)
+        except SpoolFull as exc:
+            if self._closed:
+                log.warning(
+                    "shutting down with batches=%d not stored: left unacknowledged, the "
+                    "broker delivers them again",
+                    len(groups),
+                )
+                self.held_tokens = 0
+                return
+            if not self.blocked:
+                log.warning("spool full, holding acknowledgements (the broker buffers): %s", exc)
+            self.blocked = True
+            self._queue[:0] = groups  # first in line next time, order kept
+            await asyncio.sleep(self._retry)
+            return
+        if self.blocked:
+            log.info("spool has room again, acknowledging")
+            self.blocked = False
+        self._on_commit(len(records), time.perf_counter() - start)
+        for g in groups:
+            for token in g.tokens:
+                self._release(token)
+            self.held_tokens -= len(g.tokens)
+
+    def _write(self, records: list[Stored]) -> None:
+        now = time.time()
+        for r in records:
+            self.spool.append(r.lane, r.key, r.body, r.count, now)
+        try:
+            self.spool.commit()
+        except SpoolFull:
+            self.spool.discard_pending()
+            raise
+
+    def close(self) -> None:
+        """Stop after committing what is queued (``run`` returns then)."""
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def shutdown(self) -> None:
+        self._thread.submit(self.spool.close).result()
+        self._thread.shutdown(wait=True)
