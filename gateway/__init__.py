@@ -15,6 +15,8 @@ from .errors import (
 from .ingest import FeatureMap, Ingest, decode_payload
 from .manifest import Bundle, Manifest, default_bundle_dir, load_bundle
 from .scoring import Scorer
+from .spool import Spool, SpoolFull
+from .wireformat import UnsupportedFormat, WireFormatError
 
 __all__ = [
     "Alert",
@@ -33,7 +35,11 @@ __all__ = [
     "RejectedInput",
     "Scorer",
     "Settings",
+    "Spool",
+    "SpoolFull",
     "TransientError",
+    "UnsupportedFormat",
+    "WireFormatError",
     "decode_payload",
     "default_bundle_dir",
     "load_bundle",
