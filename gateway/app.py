@@ -104,6 +104,7 @@ class Gateway:
             await asyncio.to_thread(open_spool, s),
             self._release,
             retry=s.spool.retry,
+            commit_interval=s.spool.commit_interval,
             on_commit=self._on_commit,
         )
         self._register_metrics()
@@ -215,7 +216,6 @@ class Gateway:
                 continue
             metrics.model_seconds.observe(loop.time() - start)
             self._emit(batch, scores, scorer.label)
-            self.mqtt.flush()
             metrics.batch_size.observe(len(batch))
             metrics.latency.observe(loop.time() - batch.oldest)
             metrics.pending.set(len(batcher))
@@ -248,6 +248,7 @@ class Gateway:
             publish(self._alerts + alert.machine, _json(payload), qos=1)
             changes.append((alert, payload))
         self.metrics.alerts_active.set(self.alerts.active)
+        self.mqtt.flush()  # scores and alerts leave now; storing them must not delay them
         assert self.spooler is not None
         features = self.scorer.features if self.scorer else ()
         records = records_for(self.settings.gateway.site, batch, scores, label, features, changes)

@@ -88,6 +88,8 @@ class SpoolSection(_Section):
     telemetry_share: float = Field(default=0.70, gt=0, le=1)
     telemetry_when_full: Literal["block", "drop_oldest"] = "drop_oldest"
     retry: float = Field(default=1.0, gt=0, description="seconds between tries when blocked")
+    # At most one commit (one fsync) per interval; acknowledgements wait for it, scores do not.
+    commit_interval: float = Field(default=0.01, ge=0, le=1)
 
     @model_validator(mode="after")
     def _shares(self) -> SpoolSection:

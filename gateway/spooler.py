@@ -146,12 +146,14 @@ class Spooler:
         release: Callable[[object], None],
         *,
         retry: float = 1.0,
+        commit_interval: float = 0.0,
         expire_every: float = 60.0,
         on_commit: Callable[[int, float], None] = lambda records, seconds: None,
     ) -> None:
         self.spool = spool
         self._release = release
         self._retry = retry
+        self._interval = commit_interval
         self._expire_every = expire_every
         self._on_commit = on_commit
         self._queue: list[_Group] = []
@@ -176,6 +178,7 @@ class Spooler:
         self._wakeup = asyncio.Event()
         loop = asyncio.get_running_loop()
         next_expiry = loop.time() + self._expire_every
+        last_commit = -self._interval
         while True:
             if not self._queue:
                 if self._closed:
@@ -188,6 +191,12 @@ class Spooler:
                 await self.run_in_thread(self.spool.expire, time.time())
                 next_expiry = loop.time() + self._expire_every
             if self._queue:
+                # At most one commit an interval: batches arriving meanwhile join it, so a
+                # trickle of one-reading batches costs one transaction, not one each.
+                wait = last_commit + self._interval - loop.time()
+                if wait > 0 and not self._closed:
+                    await asyncio.sleep(wait)
+                last_commit = loop.time()
                 await self._commit_queued()
 
     async def _commit_queued(self) -> None:
