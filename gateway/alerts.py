@@ -42,15 +42,15 @@ class AlertTracker:
 
     def __init__(self, policy: AlertPolicy) -> None:
         self.policy = policy
-        self._raised: dict[str, bool] = {}
+        self._raised: set[str] = set()
         self._run: dict[str, int] = {}
 
     @property
     def active(self) -> int:
-        return sum(self._raised.values())
+        return len(self._raised)
 
     def is_raised(self, machine: str) -> bool:
-        return self._raised.get(machine, False)
+        return machine in self._raised
 
     def update(
         self, machines: Sequence[str], ts: Sequence[float], scores: npt.NDArray[np.float32]
@@ -65,10 +65,10 @@ class AlertTracker:
         raised, run = self._raised, self._run
         changes: list[Alert] = []
         for i, machine in enumerate(machines):
-            if raised.get(machine, False):
+            if machine in raised:
                 n = run.get(machine, 0) + 1 if under[i] else 0
                 if n >= p.clear_after:
-                    raised[machine] = False
+                    raised.discard(machine)
                     n = 0
                     changes.append(
                         Alert(machine, "cleared", float(scores[i]), p.clear_threshold, ts[i], i)
@@ -76,10 +76,13 @@ class AlertTracker:
             else:
                 n = run.get(machine, 0) + 1 if over[i] else 0
                 if n >= p.raise_after:
-                    raised[machine] = True
+                    raised.add(machine)
                     n = 0
                     changes.append(
                         Alert(machine, "raised", float(scores[i]), p.threshold, ts[i], i)
                     )
-            run[machine] = n
+            if n:
+                run[machine] = n
+            else:  # a quiet machine in no alert keeps no state: memory follows what matters
+                run.pop(machine, None)
         return changes

@@ -31,7 +31,17 @@ _DEADLETTER_PAYLOAD_MAX = 64 * 1024
 
 
 def _json(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(
+        obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    )
+
+
+def _plain(reading: dict[Any, Any]) -> dict[str, Any]:
+    """A reading with text keys (MessagePack allows binary ones, JSON does not)."""
+    return {
+        k if type(k) is str else k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k): v
+        for k, v in reading.items()
+    }
 
 
 class Gateway:
@@ -136,6 +146,7 @@ class Gateway:
                         )
                     except (TimeoutError, OSError) as exc:
                         log.warning("offline status not confirmed error=%s", exc)
+                        self.mqtt.will_on_close = True  # the broker says offline for us
         finally:
             if self.http is not None:
                 self.http.close()
@@ -150,13 +161,17 @@ class Gateway:
             return
         assert self.ingest is not None
         assert self.batcher is not None
-        if msg.qos == 0 and len(self.batcher) >= self.settings.ingest.max_pending:
+        if msg.qos == 0 and (
+            len(self.batcher) >= self.settings.ingest.max_pending
+            or (self.spooler is not None and self.spooler.blocked)
+        ):
             self.shed += 1
             return
         try:
             self.ingest.handle(msg.topic, msg.payload, msg.ack, msg.arrived)
         except Exception:  # a bug, not bad input: keep the loop alive and say so loudly
             log.exception("ingest failed topic=%s", msg.topic)
+            self._release(msg.ack)
 
     def _release(self, token: object) -> None:
         if token is not None:
@@ -215,7 +230,14 @@ class Gateway:
                 self._reject_batch(batch, f"model {scorer.label} failed: {exc}")
                 continue
             metrics.model_seconds.observe(loop.time() - start)
-            self._emit(batch, scores, scorer.label)
+            try:
+                self._emit(batch, scores, scorer.label)
+            except Exception as exc:  # a bug: the batch survives as dead letters, scoring goes on
+                log.exception(
+                    "publishing a batch failed model=%s rows=%d", scorer.label, len(batch)
+                )
+                self._reject_batch(batch, f"gateway could not publish its scores: {exc}")
+                continue
             metrics.batch_size.observe(len(batch))
             metrics.latency.observe(loop.time() - batch.oldest)
             metrics.pending.set(len(batcher))
@@ -244,7 +266,7 @@ class Gateway:
                 alert.threshold,
                 label,
             )
-            payload = alert.payload(label, batch.raw[alert.index])
+            payload = alert.payload(label, _plain(batch.raw[alert.index]))
             publish(self._alerts + alert.machine, _json(payload), qos=1)
             changes.append((alert, payload))
         self.metrics.alerts_active.set(self.alerts.active)
@@ -260,8 +282,10 @@ class Gateway:
             self._dead_letter(
                 DeadLetter(self._telemetry + machine, _json(raw), reason, "model_error")
             )
-        for token in batch.tokens:
-            self._release(token)
+        # Through the spooler, so a message split over batches is acknowledged only after its
+        # earlier readings are on disk.
+        assert self.spooler is not None
+        self.spooler.put([], batch.tokens)
 
     # -- status and health -----------------------------------------------------------------
     def _on_connect(self) -> None:

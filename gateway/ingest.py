@@ -21,6 +21,7 @@ from .errors import RejectedInput
 __all__ = ["DeadLetter", "FeatureMap", "Ingest", "ReadingSink", "decode_payload"]
 
 _FLOAT32_MAX = 3.4028234663852886e38
+_MACHINE_MAX = 256  # characters of a machine name given in a reading
 # A reading or a list in MessagePack starts with a map or array marker; anything else is JSON.
 _MSGPACK_START = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 
@@ -101,7 +102,13 @@ class FeatureMap:
             ts_value = _parse_ts(ts)
         named = reading.get("machine")
         if named is not None:
-            if type(named) is not str or not named or "+" in named or "#" in named:
+            if (
+                type(named) is not str
+                or not 0 < len(named) <= _MACHINE_MAX
+                or not named.isprintable()  # control characters break the score topic
+                or "+" in named
+                or "#" in named
+            ):
                 raise RejectedInput(f"machine {named!r} is not a valid name", kind="bad_machine")
             machine = named
         return machine, ts_value, row

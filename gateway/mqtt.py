@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import threading
 from collections.abc import Callable
@@ -102,6 +103,7 @@ class MqttClient:
         self._flush_scheduled = False
         self.delivered = 0
         self.reconnects = 0
+        self.will_on_close = False
         self.on_state: Callable[[bool], None] = lambda connected: None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -111,11 +113,12 @@ class MqttClient:
         self._task = asyncio.create_task(self._supervise(), name="gateway.mqtt")
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: object, *exc_info: object) -> None:
+        await self.close(will=exc_type is not None or self.will_on_close)
 
-    async def close(self) -> None:
-        """Disconnect cleanly (the will is not sent) and stop reconnecting. Safe to call twice."""
+    async def close(self, will: bool = False) -> None:
+        """Disconnect and stop reconnecting; the broker publishes the will only if ``will``
+        (a gateway that failed, or whose offline status was not confirmed). Safe to call twice."""
         if self._closing:
             return
         self._closing = True
@@ -124,7 +127,8 @@ class MqttClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.connected:
-            self._client.disconnect()
+            code = 4 if will else 0  # 0x04: Disconnect with Will Message
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=code))
             self._client.loop_write()
         self._client._sock_close()
         for fut in self._confirm.values():
@@ -167,6 +171,8 @@ class MqttClient:
     # -- supervisor ------------------------------------------------------------------------
     async def _supervise(self) -> None:
         s = self._settings
+        assert self._loop is not None
+        flaps = 0  # connections lost soon after they were made, in a row
         while True:
             retrying = AsyncRetrying(
                 wait=wait_random_exponential(multiplier=s.reconnect_min, max=s.reconnect_max),
@@ -177,9 +183,21 @@ class MqttClient:
                 with attempt:
                     await self._connect_once()
             assert self._lost is not None
+            connected_at = self._loop.time()
             await self._lost
             if self._closing:
                 return
+            # A connection the broker drops at once (a taken-over client id, a packet it
+            # refuses) must not become a tight reconnect loop: back off as for a refusal.
+            if self._loop.time() - connected_at < s.reconnect_max:
+                flaps += 1
+                delay = min(s.reconnect_max, s.reconnect_min * 2**flaps) * random.uniform(0.5, 1)
+                log.warning(
+                    "broker dropped a fresh connection, waiting flaps=%d in=%.2fs", flaps, delay
+                )
+                await asyncio.sleep(delay)
+            else:
+                flaps = 0
 
     async def _connect_once(self) -> None:
         assert self._loop is not None

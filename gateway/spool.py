@@ -25,7 +25,15 @@ from typing import Literal
 
 from .errors import GatewayError
 
-__all__ = ["Durability", "LaneConfig", "Record", "Spool", "SpoolFull", "SpoolStats"]
+__all__ = [
+    "Durability",
+    "LaneConfig",
+    "Record",
+    "Spool",
+    "SpoolFull",
+    "SpoolStats",
+    "SpoolUnavailable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,17 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 class SpoolFull(GatewayError):
     """A ``block`` lane is at its share of the budget: stop acknowledging, try again later."""
+
+
+class SpoolUnavailable(GatewayError):
+    """The spool's file cannot be used for now (disk full, I/O, permissions)."""
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    pass
+
+
+_CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
 @dataclass(frozen=True)
@@ -135,13 +154,20 @@ class Spool:
 
     # -- opening, checking, quarantining ------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = None
         try:
             db = self._connect()
             problem = db.execute("PRAGMA quick_check").fetchone()[0]
             if problem != "ok":
-                db.close()
-                raise sqlite3.DatabaseError(problem)
+                raise _Corrupt(problem)
         except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            code = getattr(exc, "sqlite_errorcode", None)
+            if not isinstance(exc, _Corrupt) and code not in _CORRUPT_CODES:
+                # A full disk, an I/O or permission error: the data may be fine. Say so and
+                # stop; setting the spool aside would strand what it holds.
+                raise SpoolUnavailable(f"spool {self.path} cannot be opened: {exc}") from exc
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             for suffix in ("", "-wal", "-shm"):
                 part = Path(str(self.path) + suffix)

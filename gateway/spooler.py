@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from .alerts import Alert
 from .batcher import Batch
 from .config import Settings
 from .errors import ConfigError
-from .spool import LaneConfig, Spool, SpoolFull
+from .spool import LaneConfig, Spool, SpoolFull, SpoolUnavailable
 
 __all__ = ["Spooler", "Stored", "decode_body", "group_of", "open_spool", "records_for"]
 
@@ -47,7 +48,7 @@ def open_spool(settings: Settings) -> Spool:
     path = settings.spool_path
     try:
         return Spool(path, budget=int(sp.budget), lanes=lanes, durability=sp.durability)
-    except OSError as exc:
+    except (OSError, SpoolUnavailable) as exc:
         raise ConfigError(f"spool.path / gateway.data_dir: cannot use {path}: {exc}") from exc
 
 
@@ -188,7 +189,10 @@ class Spooler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
             if loop.time() >= next_expiry:
-                await self.run_in_thread(self.spool.expire, time.time())
+                try:
+                    await self.run_in_thread(self.spool.expire, time.time())
+                except sqlite3.Error as exc:
+                    log.warning("spool expiry failed, trying again later: %s", exc)
                 next_expiry = loop.time() + self._expire_every
             if self._queue:
                 # At most one commit an interval: batches arriving meanwhile join it, so a
@@ -205,7 +209,7 @@ class Spooler:
         start = time.perf_counter()
         try:
             await self.run_in_thread(self._write, records)
-        except SpoolFull as exc:
+        except (SpoolFull, sqlite3.Error) as exc:
             if self._closed:
                 log.warning(
                     "shutting down with batches=%d not stored: left unacknowledged, the "
@@ -215,7 +219,10 @@ class Spooler:
                 self.held_tokens = 0
                 return
             if not self.blocked:
-                log.warning("spool full, holding acknowledgements (the broker buffers): %s", exc)
+                log.warning(
+                    "spool cannot take batches, holding acknowledgements (the broker buffers): %s",
+                    exc,
+                )
             self.blocked = True
             self._queue[:0] = groups  # first in line next time, order kept
             await asyncio.sleep(self._retry)
@@ -235,8 +242,8 @@ class Spooler:
             self.spool.append(r.lane, r.key, r.body, r.count, now)
         try:
             self.spool.commit()
-        except SpoolFull:
-            self.spool.discard_pending()
+        except BaseException:
+            self.spool.discard_pending()  # the caller keeps the batches and tries again
             raise
 
     def close(self) -> None:

@@ -67,6 +67,9 @@ def make_ingest(**kw: Any) -> tuple[Ingest, Sink, list[DeadLetter], list[object]
         ({**GOOD, "ts": [1]}, "bad_ts", "must be a number"),
         ({**GOOD, "machine": "a/+/b"}, "bad_machine", "not a valid name"),
         ({**GOOD, "machine": 7}, "bad_machine", "not a valid name"),
+        ({**GOOD, "machine": "press\n07"}, "bad_machine", "not a valid name"),
+        ({**GOOD, "machine": "press\x0007"}, "bad_machine", "not a valid name"),
+        ({**GOOD, "machine": "m" * 257}, "bad_machine", "not a valid name"),
         ([1, 2], "shape", "must be an object"),
     ],
 )

@@ -253,3 +253,16 @@ def test_bad_setting_stops_startup_naming_the_key(
     assert gw.proc.wait(30) == 2
     assert "mqtt.port [EDGEGW_MQTT__PORT]" in gw.log
     assert "batcher.max_bach [EDGEGW_BATCHER__MAX_BACH]: Extra inputs" in gw.log
+
+
+def test_odd_but_valid_messagepack_keys_do_not_stop_alerts(
+    gateway_factory: Callable[..., GatewayProc], client_factory: Callable[..., Client]
+) -> None:
+    gw = gateway_factory()
+    sub = client_factory(f"{gw.alerts}/#")
+    pub = client_factory()
+    for r in readings(POLICY.raise_after, wear=1.0)[0]:
+        pub.publish(f"{gw.telemetry}/m1", msgpack.packb({**r, b"plc-extra": b"\x01\x02"}))
+    sub.wait_for(lambda: len(sub.on(gw.alerts)) == 1)
+    assert sub.on(gw.alerts)[0]["state"] == "raised"
+    assert gw.health()[0]

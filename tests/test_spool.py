@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool import LaneConfig, Spool, SpoolFull
+from gateway.spool import LaneConfig, Spool, SpoolFull, SpoolUnavailable
 
 LANES = {
     "alerts": LaneConfig(priority=0, ttl=7 * 86400, share=0.1),
@@ -173,3 +173,11 @@ def test_committed_batches_survive_sigkill(tmp_path: Path) -> None:
     kept = s.oldest("telemetry", 1 << 30)
     assert len(kept) >= last + 1, "everything reported committed is there"
     assert [r.created for r in kept] == [float(i) for i in range(len(kept))]
+
+
+def test_an_unopenable_file_is_reported_not_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "spool.db").mkdir()  # e.g. a permission or I/O problem: the data may be fine
+    with pytest.raises(SpoolUnavailable, match="cannot be opened"):
+        make(tmp_path)
+    assert (tmp_path / "spool.db").is_dir()
+    assert not list(tmp_path.glob("spool.db.corrupt-*"))
