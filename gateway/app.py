@@ -22,6 +22,7 @@ from .metrics import HttpServer, Metrics
 from .mqtt import Ack, Message, MqttClient
 from .scoring import Scorer
 from .spooler import Spooler, open_spool, records_for
+from .uplink import Uplink, make_stream_client
 
 __all__ = ["Gateway"]
 
@@ -73,6 +74,7 @@ class Gateway:
         self._last_letter: DeadLetter | None = None
         self.http: HttpServer | None = None
         self.spooler: Spooler | None = None
+        self.uplink: Uplink | None = None
         self.mqtt = MqttClient(
             settings,
             self._on_message,
@@ -117,6 +119,10 @@ class Gateway:
             commit_interval=s.spool.commit_interval,
             on_commit=self._on_commit,
         )
+        if s.uplink.endpoint:
+            client = await asyncio.to_thread(make_stream_client, s)
+            self.uplink = Uplink(s, self.spooler, client)
+            log.info("uplink on endpoint=%s stream=%s", s.uplink.endpoint, s.uplink.stream_id)
         self._register_metrics()
         if s.http.enabled:
             self.http = HttpServer(s.http.host, s.http.port, self.metrics, self.health)
@@ -126,6 +132,9 @@ class Gateway:
         try:
             async with self.mqtt, asyncio.TaskGroup() as tasks:
                 spooling = tasks.create_task(self.spooler.run(), name="gateway.spool")
+                uplinking = None
+                if self.uplink is not None:
+                    uplinking = tasks.create_task(self.uplink.run(), name="gateway.uplink")
                 scoring = tasks.create_task(self._score_loop(), name="gateway.scoring")
                 status = tasks.create_task(self._status_loop(), name="gateway.status")
                 await stop.wait()
@@ -133,6 +142,8 @@ class Gateway:
                 self._intake_open = False  # unacknowledged messages stay with the broker
                 self.batcher.close()
                 await scoring
+                if uplinking is not None:
+                    uplinking.cancel()  # what it was sending stays spooled and goes next time
                 self.spooler.close()
                 await spooling  # committed and acknowledged
                 status.cancel()
@@ -394,6 +405,26 @@ class Gateway:
                 spool.usage,
                 lambda: dict(spool.counters),
                 lambda: self.spooler.blocked if self.spooler else False,
+            )
+        if self.uplink is not None:
+            up = self.uplink
+            m.live_counter(
+                "gateway_uplink_messages",
+                "Messages stored by OCI Streaming",
+                lambda: up.sent_messages,
+            )
+            m.live_counter(
+                "gateway_uplink_bytes",
+                "Bytes of messages stored by OCI Streaming",
+                lambda: up.sent_bytes,
+            )
+            m.live_counter(
+                "gateway_uplink_throttled",
+                "Entries refused with 429 (sent again)",
+                lambda: up.throttled,
+            )
+            m.live_counter(
+                "gateway_uplink_retries", "Requests tried again after a failure", lambda: up.retries
             )
         m.live_counter(
             "gateway_readings_shed",

@@ -99,6 +99,30 @@ class SpoolSection(_Section):
         return self
 
 
+class UplinkSection(_Section):
+    """OCI Streaming; an empty endpoint keeps everything in the spool."""
+
+    endpoint: str = ""  # the stream's messages endpoint, https://cell-1.streaming.<region>...
+    stream_id: str = ""  # the stream's OCID
+    auth: Literal["api_key", "instance_principal"] = "api_key"
+    oci_config: Path = Path("~/.oci/config")
+    oci_profile: str = "DEFAULT"
+    # Bytes a second per partition key (OCI's limit is 1 MB/s per partition): a backlog after
+    # an outage drains at this pace instead of as a burst that gets the site throttled.
+    rate: ByteSize = ByteSize(800_000)
+    retry_min: float = Field(default=1.0, gt=0)
+    retry_max: float = Field(default=60.0, gt=0)
+    idle: float = Field(default=1.0, gt=0, description="seconds between looks at an empty spool")
+
+    @model_validator(mode="after")
+    def _stream(self) -> UplinkSection:
+        if self.endpoint and not self.stream_id:
+            raise ValueError("stream_id is required when endpoint is set")
+        if self.rate <= 0:
+            raise ValueError("rate must be positive")
+        return self
+
+
 class BatcherSection(_Section):
     max_batch: int = Field(default=512, ge=1, le=1_000_000)
     queue_delay: float = Field(default=0.0, ge=0, le=10, description="seconds to wait to fill")
@@ -139,6 +163,7 @@ class Settings(BaseSettings):
     ingest: IngestSection = IngestSection()
     batcher: BatcherSection = BatcherSection()
     spool: SpoolSection = SpoolSection()
+    uplink: UplinkSection = UplinkSection()
     scoring: ScoringSection = ScoringSection()
     http: HttpSection = HttpSection()
     log: LogSection = LogSection()

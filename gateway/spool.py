@@ -46,7 +46,7 @@ _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
-    seq     INTEGER PRIMARY KEY,
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: part of the idempotency key
     lane    TEXT    NOT NULL,
     key     TEXT    NOT NULL,
     created REAL    NOT NULL,

@@ -181,3 +181,16 @@ def test_an_unopenable_file_is_reported_not_set_aside(tmp_path: Path) -> None:
         make(tmp_path)
     assert (tmp_path / "spool.db").is_dir()
     assert not list(tmp_path.glob("spool.db.corrupt-*"))
+
+
+def test_sequence_numbers_are_never_reused_even_when_the_spool_empties(tmp_path: Path) -> None:
+    s = make(tmp_path)
+    s.append("scores", "k", b"a", count=1, created=0.0)
+    s.commit()
+    first = s.oldest("scores", 1 << 20)
+    s.remove(first)  # empty now: a plain rowid would start again at 1
+    s.close()
+    s = make(tmp_path)
+    s.append("scores", "k", b"b", count=1, created=0.0)
+    s.commit()
+    assert s.oldest("scores", 1 << 20)[0].seq > first[0].seq, "(gateway, seq) must stay unique"

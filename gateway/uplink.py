@@ -1,0 +1,254 @@
+"""Uplink: drains the spool to OCI Streaming, alerts first, paced, deleting only what was stored.
+
+For each lane in priority order it takes the oldest spool records, groups them by partition key
+(site and machine group, so one machine stays in order in one partition), encodes wire-format v1
+messages (docs/wire-format.md) and sends them with the ``oci`` SDK's ``put_messages`` in a worker
+thread. Entries refused inside an HTTP 200 (429 throttled, 500) are sent again, alone, after the
+delay the service names; request-level failures back off with tenacity (the SDK's own retry is
+off, so attempts don't multiply). A spool record is removed only once every message made from it
+was stored. Each key is paced to ``uplink.rate`` bytes/s, so a backlog after an outage drains
+steadily instead of as a burst that gets the site throttled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from .config import Settings
+from .errors import ConfigError, TransientError
+from .spool import Record
+from .spooler import Spooler, decode_body
+from .wireformat import Message, encode_split
+
+__all__ = ["Uplink", "make_stream_client", "to_message"]
+
+log = logging.getLogger(__name__)
+
+_REQUEST_MAX = 1_000_000  # bytes of keys and values in one PutMessages request
+_MESSAGE_MAX = 950_000  # bytes of one message's value, leaving room for its key
+_WAIT_MS = re.compile(r"in (\d+) ms")
+
+
+class UplinkUnavailable(TransientError):
+    """OCI Streaming could not be reached or refused the request: try again later."""
+
+
+def make_stream_client(settings: Settings) -> Any:
+    """An ``oci`` StreamClient for the settings' endpoint, API key or instance principal."""
+    import oci  # the SDK takes ~1 s to import: only when the uplink is on
+
+    u = settings.uplink
+    kwargs: dict[str, Any] = {
+        "service_endpoint": u.endpoint,
+        "retry_strategy": oci.retry.NoneRetryStrategy(),
+        "timeout": (10.0, 60.0),
+    }
+    try:
+        if u.auth == "instance_principal":
+            signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner()
+            return oci.streaming.StreamClient({}, signer=signer, **kwargs)
+        config = oci.config.from_file(str(u.oci_config.expanduser()), u.oci_profile)
+        return oci.streaming.StreamClient(config, **kwargs)
+    except (
+        oci.exceptions.ConfigFileNotFound,
+        oci.exceptions.InvalidConfig,
+        oci.exceptions.ProfileNotFound,
+    ) as exc:
+        raise ConfigError(
+            f"uplink.oci_config / uplink.oci_profile: {exc} "
+            f"(file {u.oci_config}, profile {u.oci_profile})"
+        ) from exc
+
+
+def to_message(site: str, gateway: str, lane: str, records: Sequence[Record]) -> Message:
+    """The records of one lane and key as one wire-format message (columns, ``seq`` per row)."""
+    columns: dict[str, list[Any]] = {}
+    seqs: list[int] = []
+    for r in records:
+        body = decode_body(lane, r.body)
+        if lane == "alerts":
+            rows = body["alerts"]
+            part = {
+                k: [a.get(k) for a in rows]
+                for k in ("machine", "ts", "state", "score", "threshold", "model", "reading")
+            }
+        else:
+            part = dict(body)
+            if lane == "scores":
+                part["model"] = [body["model"]] * len(body["ts"])
+        n = len(part["ts"])
+        seqs += [r.seq] * n
+        for name, values in part.items():
+            columns.setdefault(name, []).extend(values)
+    cols: dict[str, Any] = {"seq": np.asarray(seqs, dtype=np.int64)}
+    for name, values in columns.items():
+        cols[name] = np.asarray(values, dtype=np.float64) if name in ("ts",) else values
+    return Message(site, gateway, lane, records[0].seq, records[-1].seq, cols)
+
+
+class _Pacer:
+    """Per key, no more than ``rate`` bytes a second on average (a leaky bucket)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._free_at: dict[str, float] = {}
+
+    def delay(self, key: str, size: int, now: float) -> float:
+        start = max(now, self._free_at.get(key, now))
+        self._free_at[key] = start + size / self._rate
+        return start - now
+
+
+class Uplink:
+    """The task that empties the spool into the stream."""
+
+    def __init__(self, settings: Settings, spooler: Spooler, client: Any) -> None:
+        self._settings = settings
+        self._spooler = spooler
+        self._client = client
+        self._pacer = _Pacer(float(settings.uplink.rate))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="gateway.uplink")
+        self._closed = asyncio.Event()
+        self.sent_messages = 0
+        self.sent_bytes = 0
+        self.throttled = 0
+        self.retries = 0
+        self.failures = 0
+        self.connected = True
+
+    def close(self) -> None:
+        self._closed.set()
+
+    async def run(self) -> None:
+        """Drain until ``close``; what is not sent stays in the spool for next time."""
+        spool = self._spooler.spool
+        idle = self._settings.uplink.idle
+        while not self._closed.is_set():
+            busy = False
+            for lane in spool.lanes_by_priority():
+                records = await self._spooler.run_in_thread(spool.oldest, lane, 4 << 20)
+                if records:
+                    await self._send(lane, records)
+                    busy = True
+                    break  # look at the higher lanes again first
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), idle)
+        self._thread.shutdown(wait=False)
+
+    async def _send(self, lane: str, records: list[Record]) -> None:
+        s = self._settings
+        by_key: dict[str, list[Record]] = {}
+        for r in records:
+            by_key.setdefault(r.key, []).append(r)
+        loop = asyncio.get_running_loop()
+        entries: list[tuple[str, bytes]] = []
+        for key, group in by_key.items():
+            message = to_message(s.gateway.site, s.gateway.id, lane, group)
+            values = await loop.run_in_executor(None, _encode, message)
+            entries += [(key, v) for v in values]
+        for batch in _requests(entries):
+            for key, value in batch:
+                await asyncio.sleep(self._pacer.delay(key, len(value), loop.time()))
+            await self._put_all(batch)
+        await self._spooler.run_in_thread(self._spooler.spool.remove, records)
+
+    async def _put_all(self, entries: list[tuple[str, bytes]]) -> None:
+        """Until every entry is stored: per-entry refusals again after the stated delay."""
+        pending = entries
+        while pending:
+            result = await self._put(pending)
+            failed = [(e, r) for e, r in zip(pending, result.entries, strict=True) if r.error]
+            stored = [e for e, r in zip(pending, result.entries, strict=True) if not r.error]
+            self.sent_messages += len(stored)
+            self.sent_bytes += sum(len(v) for _, v in stored)
+            if not failed:
+                return
+            waits = [
+                int(m.group(1)) for _, r in failed if (m := _WAIT_MS.search(r.error_message or ""))
+            ]
+            self.throttled += sum(1 for _, r in failed if r.error == "429")
+            delay = max(waits) / 1000 if waits else 1.0
+            log.warning(
+                "uplink entries refused count=%d error=%s retry_in=%.3fs",
+                len(failed),
+                failed[0][1].error_message,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            pending = [e for e, _ in failed]
+
+    async def _put(self, entries: list[tuple[str, bytes]]) -> Any:
+        u = self._settings.uplink
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=u.retry_min, max=u.retry_max),
+            retry=retry_if_exception_type(UplinkUnavailable),
+            before_sleep=self._log_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._put_blocking, entries
+                )
+        if not self.connected:
+            log.info("uplink resumed endpoint=%s", u.endpoint)
+            self.connected = True
+        return result
+
+    def _put_blocking(self, entries: list[tuple[str, bytes]]) -> Any:
+        import oci
+
+        details = oci.streaming.models.PutMessagesDetails(
+            messages=[
+                oci.streaming.models.PutMessagesDetailsEntry(
+                    key=base64.b64encode(k.encode()).decode(), value=base64.b64encode(v).decode()
+                )
+                for k, v in entries
+            ]
+        )
+        try:
+            return self._client.put_messages(self._settings.uplink.stream_id, details).data
+        except oci.exceptions.ServiceError as exc:
+            self.failures += 1
+            raise UplinkUnavailable(
+                f"OCI Streaming answered {exc.status} {exc.code}: {exc.message}"
+            ) from exc
+        except (oci.exceptions.RequestException, oci.exceptions.ConnectTimeout, OSError) as exc:
+            raise UplinkUnavailable(f"OCI Streaming unreachable: {exc}") from exc
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        self.retries += 1
+        self.connected = False
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "uplink failed, retrying attempt=%d in=%.2fs error=%s", state.attempt_number, delay, exc
+        )
+
+
+def _encode(message: Message) -> list[bytes]:
+    return encode_split(message, max_bytes=_MESSAGE_MAX)
+
+
+def _requests(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """Entries in order, cut into PutMessages requests of at most 1 MB."""
+    out: list[list[tuple[str, bytes]]] = [[]]
+    size = 0
+    for key, value in entries:
+        n = len(key) + len(value)
+        if out[-1] and size + n > _REQUEST_MAX:
+            out.append([])
+            size = 0
+        out[-1].append((key, value))
+        size += n
+    return [r for r in out if r]
