@@ -39,6 +39,8 @@ demo: $(STAMP) mosquitto
 bench: $(STAMP) mosquitto
 	$(BIN)/python bench/latency.py --rates 1000,2000,5000
 	$(BIN)/python bench/spool.py
+	$(BIN)/python bench/drain.py
+	$(BIN)/python bench/wirebytes.py
 
 # Rebuild the bundled default model from its recipe (byte-for-byte reproducible).
 model: $(STAMP)
