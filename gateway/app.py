@@ -380,6 +380,12 @@ class Gateway:
                 for lane, (r, b, n) in self.spooler.spool.usage().items()
             }
             details["spool_blocked"] = self.spooler.blocked
+        if self.uplink is not None:
+            details["uplink"] = {
+                "connected": self.uplink.connected,
+                "messages": self.uplink.sent_messages,
+                "bytes": self.uplink.sent_bytes,
+            }
         return bool(self.mqtt.connected and self.scorer), details
 
     def _on_commit(self, records: int, seconds: float) -> None:

@@ -113,6 +113,9 @@ class UplinkSection(_Section):
     retry_min: float = Field(default=1.0, gt=0)
     retry_max: float = Field(default=60.0, gt=0)
     idle: float = Field(default=1.0, gt=0, description="seconds between looks at an empty spool")
+    # Seconds scores and telemetry may wait to fill a message (alerts never wait): bigger
+    # messages compress far better on a slow link.
+    linger: float = Field(default=5.0, ge=0, le=600)
 
     @model_validator(mode="after")
     def _stream(self) -> UplinkSection:

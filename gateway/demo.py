@@ -203,8 +203,22 @@ def _counters(s: DemoState) -> str:
         f"received {s.counter('readings_received'):,}  scored "
         f"{s.counter('readings_scored'):,} ({s.rate:.0f}/s)  pending "
         f"{s.counter('readings_pending'):,}  dead-lettered {s.deadletters.total():,}  "
-        f"alerts active {s.counter('alerts_active')}"
+        f"alerts active {s.counter('alerts_active')}{_cloud(s)}"
     )
+
+
+def _cloud(s: DemoState) -> str:
+    """Spool backlog and what the (local) OCI stream stored, from the gateway's status."""
+    spool = s.status.get("spool")
+    uplink = s.status.get("uplink")
+    if not isinstance(spool, dict):
+        return ""
+    waiting = sum(int(v.get("readings", 0)) for v in spool.values() if isinstance(v, dict))
+    text = f"  spool {waiting:,} waiting"
+    if isinstance(uplink, dict):
+        text += f"  stream {int(uplink.get('messages', 0)):,} messages"
+        text += f" {int(uplink.get('bytes', 0)):,} B"
+    return text
 
 
 def _curl(http_port: int) -> str:
@@ -253,7 +267,7 @@ def render_summary(s: DemoState, elapsed: float, note: str = "") -> list[str]:
         f"(received {s.counter('readings_received'):,})",
         f"  alerts           {s.raised} raised, {s.cleared} cleared",
         f"  dead-lettered    {_deadletter_summary(s)}",
-    ]
+    ] + ([f"  cloud           {_cloud(s).strip()}"] if _cloud(s) else [])
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -321,6 +335,24 @@ def _subscribe(broker: LocalBroker, state: DemoState) -> paho.Client:
     return client
 
 
+def _local_cloud(work: Path, stack: contextlib.ExitStack) -> dict[str, str]:
+    """The local OCI stand-in (in a checkout) as the gateway's stream; {} where it isn't."""
+    try:
+        from tests.ocistandin import StandIn, make_credentials
+    except ImportError:  # an installed package has no tests/: the data stays in the spool
+        return {}
+    creds = make_credentials(work / "oci")
+    cloud = StandIn(work / "cloud", public_keys={creds.key_id: creds.public_key_pem})
+    cloud.start()
+    stack.callback(cloud.stop)
+    return {
+        "EDGEGW_UPLINK__ENDPOINT": cloud.endpoint,
+        "EDGEGW_UPLINK__STREAM_ID": "ocid1.stream.oc1.iad.amaaaaaademostream",
+        "EDGEGW_UPLINK__OCI_CONFIG": str(creds.config_file),
+        "EDGEGW_UPLINK__OCI_PROFILE": creds.profile,
+    }
+
+
 def _session(work: Path, duration: float, state: DemoState, out: TextIO, res: DemoResult) -> None:
     http_port = free_port()
     with contextlib.ExitStack() as stack:  # stops, in reverse: simulator, gateway, view, broker
@@ -339,6 +371,7 @@ def _session(work: Path, duration: float, state: DemoState, out: TextIO, res: De
                 EDGEGW_GATEWAY__STATUS_INTERVAL="1",
                 EDGEGW_GATEWAY__DATA_DIR=str(work / "data"),
             )
+            env.update(_local_cloud(work, stack))
             gateway = _spawn(["run"], work / "gateway.log", env)
             stack.callback(_stop, gateway)
             res.pids["gateway"] = gateway.pid

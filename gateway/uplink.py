@@ -17,6 +17,7 @@ import base64
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST_MAX = 1_000_000  # bytes of keys and values in one PutMessages request
 _MESSAGE_MAX = 950_000  # bytes of one message's value, leaving room for its key
+_LINGER_BYTES = 256 << 10  # spool bytes of a lane worth a message without waiting
 _WAIT_MS = re.compile(r"in (\d+) ms")
 
 
@@ -137,7 +139,7 @@ class Uplink:
             busy = False
             for lane in spool.lanes_by_priority():
                 records = await self._spooler.run_in_thread(spool.oldest, lane, 4 << 20)
-                if records:
+                if records and self._worth_sending(lane, records):
                     await self._send(lane, records)
                     busy = True
                     break  # look at the higher lanes again first
@@ -145,6 +147,13 @@ class Uplink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closed.wait(), idle)
         self._thread.shutdown(wait=False)
+
+    def _worth_sending(self, lane: str, records: list[Record]) -> bool:
+        """Alerts go at once; the rest when there is a good batch of it or it has waited
+        ``uplink.linger``: a message per second of a slow site compresses badly."""
+        if lane == "alerts" or sum(r.nbytes for r in records) >= _LINGER_BYTES:
+            return True
+        return time.time() - records[0].created >= self._settings.uplink.linger
 
     async def _send(self, lane: str, records: list[Record]) -> None:
         s = self._settings

@@ -32,6 +32,7 @@ def cloud(tmp_path: Path) -> Iterator[tuple[StandIn, dict[str, str]]]:
             "EDGEGW_UPLINK__OCI_CONFIG": str(creds.config_file),
             "EDGEGW_UPLINK__OCI_PROFILE": creds.profile,
             "EDGEGW_UPLINK__IDLE": "0.2",
+            "EDGEGW_UPLINK__LINGER": "0.5",
             "EDGEGW_UPLINK__RETRY_MIN": "0.2",
             "EDGEGW_UPLINK__RETRY_MAX": "1",
             "EDGEGW_GATEWAY__SITE": "plant-7",
