@@ -411,6 +411,7 @@ class Gateway:
                 spool.usage,
                 lambda: dict(spool.counters),
                 lambda: self.spooler.blocked if self.spooler else False,
+                lambda: spool.oldest_age(time.time()),
             )
         if self.uplink is not None:
             up = self.uplink

@@ -114,22 +114,31 @@ class Metrics:
         usage: Callable[[], dict[str, tuple[int, int, int]]],
         counters: Callable[[], dict[str, int]],
         blocked: Callable[[], bool],
+        oldest_age: Callable[[], dict[str, float]],
     ) -> None:
         """Expose the spool's lanes and counters, read from memory at scrape time."""
-        self._live.spool = (usage, counters, blocked)
+        self._live.spool = (usage, counters, blocked, oldest_age)
 
 
 class _LiveCounters(Collector):
     def __init__(self) -> None:
         self.counters: list[tuple[str, str, Callable[[], float]]] = []
-        self.spool: tuple[Any, Any, Any] | None = None
+        self.spool: tuple[Any, Any, Any, Any] | None = None
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         for name, doc, read in self.counters:
             yield CounterMetricFamily(name, doc, value=read())
         if self.spool is None:
             return
-        usage, counters, blocked = self.spool
+        usage, counters, blocked, oldest_age = self.spool
+        age = GaugeMetricFamily(
+            "gateway_spool_oldest_age_seconds",
+            "How long the oldest record not yet sent has waited, by lane",
+            labels=["lane"],
+        )
+        for lane, seconds in oldest_age().items():
+            age.add_metric([lane], seconds)
+        yield age
         lanes = usage()
         for i, (name, doc) in enumerate(
             (

@@ -108,6 +108,7 @@ class _Lane:
     records: int = 0
     bytes: int = 0
     readings: int = 0
+    oldest: float | None = None  # created time of the lane's oldest record
 
 
 @dataclass
@@ -201,6 +202,11 @@ class Spool:
                 log.warning("spool has records of unknown lane=%s records=%d: kept", lane, n)
                 continue
             state.records, state.bytes, state.readings = n, size, readings
+        for lane, state in self._lanes.items():
+            row = db.execute(
+                "SELECT created FROM records WHERE lane = ? ORDER BY seq LIMIT 1", (lane,)
+            ).fetchone()
+            state.oldest = row[0] if row else None
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, lane: str, key: str, body: bytes, count: int, created: float) -> None:
@@ -252,6 +258,8 @@ class Spool:
             state.records += 1
             state.bytes += len(body)
             state.readings += n
+            if state.oldest is None:
+                state.oldest = min(c for ln, _, c, _, _ in self._pending if ln == lane)
         self._pending.clear()
 
     def discard_pending(self) -> None:
@@ -333,6 +341,8 @@ class Spool:
             state.records -= 1
             state.bytes -= r.nbytes
             state.readings -= r.count
+        for lane in {r.lane for r in records}:
+            self._refresh_oldest(lane)
 
     def expire(self, now: float) -> int:
         """Remove records older than their lane's time to live; returns how many."""
@@ -405,12 +415,23 @@ class Spool:
         """(records, bytes, readings) per lane, from memory: cheap, for metrics."""
         return {n: (s.records, s.bytes, s.readings) for n, s in self._lanes.items()}
 
+    def oldest_age(self, now: float) -> dict[str, float]:
+        """Seconds the oldest record of each lane has waited (0 when empty), from memory."""
+        return {n: now - s.oldest if s.oldest else 0.0 for n, s in self._lanes.items()}
+
+    def _refresh_oldest(self, lane: str) -> None:
+        row = self._db.execute(
+            "SELECT created FROM records WHERE lane = ? ORDER BY seq LIMIT 1", (lane,)
+        ).fetchone()
+        self._lanes[lane].oldest = row[0] if row else None
+
     def close(self) -> None:
         self._db.close()
 
     def _reload(self) -> None:
         for state in self._lanes.values():
             state.records = state.bytes = state.readings = 0
+            state.oldest = None
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self._load(self._db)
 

@@ -239,6 +239,7 @@ def test_health_and_metrics_endpoints(gateway_factory: Callable[..., GatewayProc
         "gateway_batch_size_bucket",
         "gateway_score_latency_seconds_bucket",
         "gateway_broker_connected 1.0",
+        'gateway_spool_oldest_age_seconds{lane="telemetry"}',
         'gateway_model_info{name="machine-health"',
     ):
         assert name in text

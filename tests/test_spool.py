@@ -43,6 +43,8 @@ def test_records_come_back_in_order_per_lane_and_survive_reopening(tmp_path: Pat
     st = s.stats()
     assert st.lanes["telemetry"]["records"] == 6
     assert st.counters["sent_records"] == 4
+    assert s.oldest_age(2000.0)["telemetry"] == 1000.0 - 4  # t4, created at 1004, is oldest
+    assert s.oldest_age(2000.0)["alerts"] == 0.0
     assert st.counters["appended_readings"] == 100
 
 
