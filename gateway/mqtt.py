@@ -24,10 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from .config import Settings
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, retrying
 
 __all__ = ["Ack", "Message", "MqttClient"]
 
@@ -174,12 +173,10 @@ class MqttClient:
         assert self._loop is not None
         flaps = 0  # connections lost soon after they were made, in a row
         while True:
-            retrying = AsyncRetrying(
-                wait=wait_random_exponential(multiplier=s.reconnect_min, max=s.reconnect_max),
-                retry=retry_if_exception_type(BrokerUnavailable),
-                before_sleep=self._log_retry,
+            backoff = retrying(
+                BrokerUnavailable, s.reconnect_min, s.reconnect_max, log, "broker unavailable"
             )
-            async for attempt in retrying:
+            async for attempt in backoff:
                 with attempt:
                     await self._connect_once()
             assert self._lost is not None
@@ -239,16 +236,6 @@ class MqttClient:
         while True:
             await asyncio.sleep(1.0)
             self._client.loop_misc()
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "broker unavailable, retrying attempt=%d in=%.2fs error=%s",
-            state.attempt_number,
-            delay,
-            exc,
-        )
 
     # -- paho callbacks (loop thread, except socket callbacks during connect) --------------
     def _handle_connect(

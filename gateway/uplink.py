@@ -23,10 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from .config import Settings
-from .errors import ConfigError, TransientError
+from .errors import ConfigError, TransientError, retrying
 from .spool import Record
 from .spooler import Spooler, decode_body
 from .wireformat import Message, encode_split
@@ -199,12 +198,15 @@ class Uplink:
 
     async def _put(self, entries: list[tuple[str, bytes]]) -> Any:
         u = self._settings.uplink
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=u.retry_min, max=u.retry_max),
-            retry=retry_if_exception_type(UplinkUnavailable),
-            before_sleep=self._log_retry,
+        backoff = retrying(
+            UplinkUnavailable,
+            u.retry_min,
+            u.retry_max,
+            log,
+            "uplink failed",
+            on_retry=self._on_retry,
         )
-        async for attempt in retrying:
+        async for attempt in backoff:
             with attempt:
                 result = await asyncio.get_running_loop().run_in_executor(
                     self._thread, self._put_blocking, entries
@@ -235,14 +237,9 @@ class Uplink:
         except (oci.exceptions.RequestException, oci.exceptions.ConnectTimeout, OSError) as exc:
             raise UplinkUnavailable(f"OCI Streaming unreachable: {exc}") from exc
 
-    def _log_retry(self, state: RetryCallState) -> None:
+    def _on_retry(self) -> None:
         self.retries += 1
         self.connected = False
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "uplink failed, retrying attempt=%d in=%.2fs error=%s", state.attempt_number, delay, exc
-        )
 
 
 def _encode(message: Message) -> list[bytes]:
