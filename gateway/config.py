@@ -116,6 +116,14 @@ class UplinkSection(_Section):
     # Seconds scores and telemetry may wait to fill a message (alerts never wait): bigger
     # messages compress far better on a slow link.
     linger: float = Field(default=5.0, ge=0, le=600)
+    # Local pre-processing per lane: "all" forwards every reading; "aggregate" forwards, per
+    # machine and window of reading time, count/min/mean/max/last of every field (alerts always
+    # go in full, with the reading that raised them). The spool keeps full fidelity either way.
+    telemetry_forward: Literal["all", "aggregate"] = "all"
+    scores_forward: Literal["all", "aggregate"] = "all"
+    aggregate_window: float = Field(default=60.0, gt=0, le=86_400, description="seconds")
+    # Seconds a window stays open after its end for late readings before it is summarised.
+    aggregate_grace: float = Field(default=5.0, ge=0, le=3_600)
 
     @model_validator(mode="after")
     def _stream(self) -> UplinkSection:
@@ -123,6 +131,58 @@ class UplinkSection(_Section):
             raise ValueError("stream_id is required when endpoint is set")
         if self.rate <= 0:
             raise ValueError("rate must be positive")
+        return self
+
+
+class ModelSection(_Section):
+    """Model delivery: where new versions come from and how they are judged before they serve."""
+
+    # file:///dir, oci://<namespace>/<bucket>/<prefix>, or a PAR URL (https://…/p/…/o/<prefix>/);
+    # empty: the bundled default model (or the last good cached one) only.
+    source: str = ""
+    # Ed25519 public key (PEM) that manifests must be signed with. Required with a source unless
+    # allow_unsigned is set (for a lab, never for a plant).
+    public_key: Path | None = None
+    allow_unsigned: bool = False
+    poll_interval: float = Field(default=60.0, ge=1, le=86_400, description="seconds")
+    poll_jitter: float = Field(default=0.1, ge=0, le=1, description="fraction of the interval")
+    # Object Storage endpoint for oci:// sources; empty: the region's, from the OCI config.
+    # OCI identity: uplink.auth, uplink.oci_config, uplink.oci_profile.
+    endpoint: str = ""
+    timeout: float = Field(default=30.0, gt=0, description="seconds per request")
+    cache_dir: Path | None = None  # default: <gateway.data_dir>/models
+    keep: int = Field(default=3, ge=1, le=100, description="good versions kept in the cache")
+    # Shadow stage: a candidate scores the live batches beside the live model for this many
+    # readings and at least this many seconds before it takes over (0 and 0: no shadow stage).
+    shadow_readings: int = Field(default=0, ge=0)
+    shadow_seconds: float = Field(default=0.0, ge=0)
+    # A candidate in shadow is refused if any score is non-finite, falls outside these bounds,
+    # or if more than this share of its scores cross its own alert threshold.
+    shadow_score_min: float | None = None
+    shadow_score_max: float | None = None
+    shadow_max_alert_share: float = Field(default=0.5, gt=0, le=1)
+    # The live model is rolled back to the previous good version after this many failed calls
+    # in a row, or when more than rollback_nonfinite of its last rollback_window scores are
+    # NaN or infinite.
+    rollback_errors: int = Field(default=3, ge=1)
+    rollback_nonfinite: float = Field(default=0.01, ge=0, le=1)
+    rollback_window: int = Field(default=1_000, ge=1)
+
+    @model_validator(mode="after")
+    def _trust(self) -> ModelSection:
+        if self.source and self.public_key is None and not self.allow_unsigned:
+            raise ValueError(
+                "public_key is required when source is set "
+                "(or set allow_unsigned = true to accept unsigned models)"
+            )
+        if self.source and not self.source.startswith(("file://", "oci://", "https://", "http://")):
+            raise ValueError("source must start with file://, oci:// or https:// (a PAR URL)")
+        if (
+            self.shadow_score_min is not None
+            and self.shadow_score_max is not None
+            and self.shadow_score_min > self.shadow_score_max
+        ):
+            raise ValueError("shadow_score_min must not exceed shadow_score_max")
         return self
 
 
@@ -167,6 +227,7 @@ class Settings(BaseSettings):
     batcher: BatcherSection = BatcherSection()
     spool: SpoolSection = SpoolSection()
     uplink: UplinkSection = UplinkSection()
+    model: ModelSection = ModelSection()
     scoring: ScoringSection = ScoringSection()
     http: HttpSection = HttpSection()
     log: LogSection = LogSection()
@@ -178,6 +239,10 @@ class Settings(BaseSettings):
     @property
     def spool_path(self) -> Path:
         return self.spool.path or self.gateway.data_dir / "spool.db"
+
+    @property
+    def model_cache(self) -> Path:
+        return self.model.cache_dir or self.gateway.data_dir / "models"
 
     @classmethod
     def settings_customise_sources(
