@@ -11,14 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from .alerts import AlertTracker
 from .batcher import Batch, Batcher
 from .config import Settings
 from .ingest import DeadLetter, FeatureMap, Ingest
-from .manifest import Bundle, default_bundle_dir, load_bundle
+from .manifest import Bundle
 from .metrics import HttpServer, Metrics
+from .modelsync import ModelSync
+from .modelwatch import Shadow
 from .mqtt import Ack, Message, MqttClient
 from .scoring import Scorer
 from .spooler import Spooler, open_spool, records_for
@@ -83,20 +86,25 @@ class Gateway:
         )
         self.mqtt.on_state = self._on_broker_state
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gateway.scorer")
+        self.models = ModelSync(settings, self.metrics)
+        self._in_flight = False  # a batch is between take and emit
+        self._swap: tuple[Scorer, asyncio.Future[None]] | None = None
+        self.shadow: Shadow | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; raises if a stage fails for good."""
         s = self.settings
-        bundle = self._bundle
-        if bundle is None:
-            bundle = await asyncio.to_thread(load_bundle, default_bundle_dir())
-        scorer = self.scorer = await asyncio.to_thread(
-            Scorer,
-            bundle,
-            intra_op_threads=s.scoring.intra_op_threads,
-            inter_op_threads=s.scoring.inter_op_threads,
-        )
+        await asyncio.to_thread(self.models.open)
+        if self._bundle is None:
+            scorer = self.scorer = await asyncio.to_thread(self.models.boot)
+        else:
+            scorer = self.scorer = await asyncio.to_thread(
+                Scorer,
+                self._bundle,
+                intra_op_threads=s.scoring.intra_op_threads,
+                inter_op_threads=s.scoring.inter_op_threads,
+            )
         man = scorer.manifest
         log.info("model loaded model=%s features=%s", man.label, ",".join(man.feature_names))
         self.metrics.model_info.labels(man.name, man.version, man.model.sha256).set(1)
@@ -124,6 +132,7 @@ class Gateway:
             self.uplink = Uplink(s, self.spooler, client)
             log.info("uplink on endpoint=%s stream=%s", s.uplink.endpoint, s.uplink.stream_id)
         self._register_metrics()
+        self.models.register_metrics(self.metrics.live_counter)
         if s.http.enabled:
             self.http = HttpServer(s.http.host, s.http.port, self.metrics, self.health)
             self.http.start()
@@ -137,9 +146,11 @@ class Gateway:
                     uplinking = tasks.create_task(self.uplink.run(), name="gateway.uplink")
                 scoring = tasks.create_task(self._score_loop(), name="gateway.scoring")
                 status = tasks.create_task(self._status_loop(), name="gateway.status")
+                models = tasks.create_task(self.models.run(self), name="gateway.models")
                 await stop.wait()
                 log.info("shutting down: intake stopped, flushing pending=%d", len(self.batcher))
                 self._intake_open = False  # unacknowledged messages stay with the broker
+                models.cancel()  # a download in its thread finishes and is kept for next time
                 self.batcher.close()
                 await scoring
                 if uplinking is not None:
@@ -215,49 +226,151 @@ class Gateway:
     # -- scoring ---------------------------------------------------------------------------
     async def _score_loop(self) -> None:
         assert self.batcher is not None
-        loop = asyncio.get_running_loop()
-        batcher, metrics = self.batcher, self.metrics
-        inline_below = self.settings.scoring.inline_below
-        while True:
-            await batcher.wait()
-            if not len(batcher):
-                return  # closed and flushed
-            batch = batcher.take()
-            scorer = self.scorer
-            assert scorer is not None
-            start = loop.time()
-            metrics.queue_delay.observe(start - batch.oldest)
-            try:
-                if scorer.recent_call_seconds < inline_below:
-                    scores = scorer.score(batch.features)
-                else:
-                    scores = await loop.run_in_executor(
-                        self._executor, scorer.score, batch.features
-                    )
-            except Exception as exc:
-                log.error(
-                    "model call failed model=%s rows=%d error=%s", scorer.label, len(batch), exc
-                )
-                self._reject_batch(batch, f"model {scorer.label} failed: {exc}")
-                continue
-            metrics.model_seconds.observe(loop.time() - start)
-            try:
-                self._emit(batch, scores, scorer.label)
-            except Exception as exc:  # a bug: the batch survives as dead letters, scoring goes on
-                log.exception(
-                    "publishing a batch failed model=%s rows=%d", scorer.label, len(batch)
-                )
-                self._reject_batch(batch, f"gateway could not publish its scores: {exc}")
-                continue
-            metrics.batch_size.observe(len(batch))
-            metrics.latency.observe(loop.time() - batch.oldest)
-            metrics.pending.set(len(batcher))
+        batcher = self.batcher
+        try:
+            while True:
+                await batcher.wait()
+                if not len(batcher):
+                    return  # closed and flushed
+                self._in_flight = True
+                try:
+                    await self._score(batcher.take())
+                finally:
+                    self._in_flight = False
+                if self._swap is not None:
+                    self._apply_swap()
+        finally:
+            if self._swap is not None:  # shutting down: the swap will not happen
+                self._swap[1].cancel()
+                self._swap = None
 
-    def _emit(self, batch: Batch, scores: np.ndarray, label: str) -> None:
+    async def _score(self, batch: Batch) -> None:
+        """Score one batch with the live model, publish and spool the result; then let a
+        candidate in shadow score it too."""
+        loop = asyncio.get_running_loop()
+        scorer = self.scorer
+        assert scorer is not None
+        start = loop.time()
+        try:
+            if scorer.recent_call_seconds < self.settings.scoring.inline_below:
+                scores = scorer.score(batch.features)
+            else:
+                scores = await loop.run_in_executor(self._executor, scorer.score, batch.features)
+        except Exception as exc:
+            self._failed(batch, scorer, exc)
+            return
+        if not self._scored(batch, scorer, scores, start):
+            return
+        shadow = self.shadow
+        if shadow is not None and not shadow.done.is_set():
+            features, keep = shadow.features_for(batch)
+            if shadow.candidate.recent_call_seconds < self.settings.scoring.inline_below:
+                shadow.observe(features, keep, scores)
+            else:
+                await loop.run_in_executor(self._executor, shadow.observe, features, keep, scores)
+
+    def _score_inline(self, batch: Batch) -> None:
+        """The same, on the loop thread, without a shadow (only to flush before a swap)."""
+        scorer = self.scorer
+        assert scorer is not None
+        start = asyncio.get_running_loop().time()
+        try:
+            scores = scorer.score(batch.features)
+        except Exception as exc:
+            self._failed(batch, scorer, exc)
+            return
+        self._scored(batch, scorer, scores, start)
+
+    def _failed(self, batch: Batch, scorer: Scorer, exc: Exception) -> None:
+        log.error("model call failed model=%s rows=%d error=%s", scorer.label, len(batch), exc)
+        self._reject_batch(batch, f"model {scorer.label} failed: {exc}")
+        self.models.watch.failed(str(exc))
+        if self.models.watch.tripped:
+            self.models.wake()
+
+    def _scored(
+        self, batch: Batch, scorer: Scorer, scores: npt.NDArray[np.float32], start: float
+    ) -> bool:
+        metrics = self.metrics
+        now = asyncio.get_running_loop().time()
+        metrics.queue_delay.observe(start - batch.oldest)
+        metrics.model_seconds.observe(now - start)
+        try:
+            self._emit(batch, scores, scorer)
+        except Exception as exc:  # a bug: the batch survives as dead letters, scoring goes on
+            log.exception("publishing a batch failed model=%s rows=%d", scorer.label, len(batch))
+            self._reject_batch(batch, f"gateway could not publish its scores: {exc}")
+            return False
+        metrics.batch_size.observe(len(batch))
+        metrics.latency.observe(asyncio.get_running_loop().time() - batch.oldest)
+        metrics.pending.set(len(self.batcher) if self.batcher else 0)
+        return True
+
+    # -- model swaps (loop thread) ---------------------------------------------------------
+    def swap_model(self, scorer: Scorer) -> asyncio.Future[None]:
+        """Serve ``scorer`` from the next batch on; done once it serves. Between two batches:
+        no reading is dropped or scored twice, and each score names the model that made it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._swap is not None:
+            self._swap[1].cancel()
+        self._swap = (scorer, future)
+        if not self._in_flight:
+            self._apply_swap()
+        return future
+
+    def _apply_swap(self) -> None:
+        assert self._swap is not None
+        assert self.batcher is not None
+        assert self.ingest is not None
+        scorer, future = self._swap
+        self._swap = None
+        old = self.scorer
+        assert old is not None
+        if scorer.features != old.features:
+            # Pending readings were read for the old model's features: it scores them, here
+            # and now (no await, so nothing arrives in between), then the layout changes.
+            while len(self.batcher):
+                self._score_inline(self.batcher.take())
+            self.ingest.features = FeatureMap(
+                scorer.features, require_ts=self.settings.ingest.require_ts
+            )
+            self.batcher.set_features(len(scorer.features))
+        self.scorer = scorer
         assert self.alerts is not None
+        self.alerts.policy = scorer.manifest.alert
+        man = scorer.manifest
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(man.name, man.version, man.model.sha256).set(1)
+        log.info("model in service model=%s features=%s", man.label, ",".join(man.feature_names))
+        if not future.done():
+            future.set_result(None)  # model delivery reports the swap, with its reason
+
+    def set_shadow(self, shadow: Shadow | None) -> None:
+        if shadow is not None and self.scorer is not None:
+            shadow.adapt(self.scorer.features)
+        self.shadow = shadow
+
+    def fields_seen(self, within: float) -> set[str] | None:
+        if self.ingest is None:
+            return None
+        return self.ingest.fields_seen(asyncio.get_running_loop().time() - within)
+
+    def publish_model_report(self) -> None:
+        if self.mqtt.connected:
+            self.mqtt.publish(
+                self.model_topic, _json(self.models.report(self.scorer)), qos=1, retain=True
+            )
+
+    def _emit(self, batch: Batch, scores: np.ndarray, scorer: Scorer) -> None:
+        assert self.alerts is not None
+        label = scorer.label
         finite = np.isfinite(scores)
-        if not finite.all():
-            self.metrics.nonfinite.inc(int((~finite).sum()))
+        nonfinite = len(scores) - int(finite.sum())
+        if nonfinite:
+            self.metrics.nonfinite.inc(nonfinite)
+        self.models.watch.scored(len(scores), nonfinite)
+        if self.models.watch.tripped:
+            self.models.wake()
         by_machine: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
         for machine, ts, score in zip(batch.machines, batch.ts, scores.tolist(), strict=True):
             by_machine[machine].append(
@@ -283,8 +396,9 @@ class Gateway:
         self.metrics.alerts_active.set(self.alerts.active)
         self.mqtt.flush()  # scores and alerts leave now; storing them must not delay them
         assert self.spooler is not None
-        features = self.scorer.features if self.scorer else ()
-        records = records_for(self.settings.gateway.site, batch, scores, label, features, changes)
+        records = records_for(
+            self.settings.gateway.site, batch, scores, label, scorer.features, changes
+        )
         self.spooler.put(records, batch.tokens)  # acknowledged once on disk
         self.scored += len(batch)
 
@@ -306,22 +420,7 @@ class Gateway:
             topic = f"$share/{s.share_group}/{topic}"
         self.mqtt.subscribe(topic, s.subscribe_qos)
         self.mqtt.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
-        if self.scorer is not None:
-            man = self.scorer.manifest
-            self.mqtt.publish(
-                self.model_topic,
-                _json(
-                    {
-                        "name": man.name,
-                        "version": man.version,
-                        "model": man.label,
-                        "sha256": man.model.sha256,
-                        "since": self.scorer.since.isoformat(),
-                    }
-                ),
-                qos=1,
-                retain=True,
-            )
+        self.publish_model_report()
 
     def _on_broker_state(self, connected: bool) -> None:
         self.metrics.connected.set(1 if connected else 0)

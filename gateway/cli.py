@@ -1,4 +1,4 @@
-"""``edge-gateway``: run the gateway, simulate a plant, or show the demo."""
+"""``edge-gateway``: run the gateway, simulate a plant, show the demo, or publish models."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from . import simulate
+from . import modelcli, simulate
 from .errors import ConfigError
 
 __all__ = ["main"]
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="broker + gateway + simulator with a live view")
     p_demo.add_argument("--duration", type=float, default=60.0)
     p_demo.set_defaults(func=_demo)
+    modelcli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

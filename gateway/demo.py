@@ -17,6 +17,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -28,6 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from . import simulate
 from .localbroker import LocalBroker, free_port
 from .manifest import default_bundle_dir, load_bundle
+from .modelstore import open_store
+from .signing import generate_keypair, load_private_key, sign_manifest
 
 __all__ = [
     "DemoResult",
@@ -102,6 +105,9 @@ class DemoState:
         self.deadletters: Counter[str] = Counter()
         self.last_deadletter = ""
         self.events: deque[Event] = deque(maxlen=8)
+        self.swaps: list[str] = []  # one line per model change seen on the model topic
+        self._new_swaps: list[str] = []
+        self._last_model_event: Any = None
         self.rate = 0.0
         self._new: list[Event] = []
         self._prefix = f"gateway/{gateway_id}/"
@@ -141,7 +147,7 @@ class DemoState:
                         self.status["ts"] - old_ts
                     )
             elif topic == self._prefix + "model":
-                self.model = body
+                self._model(body, now)
             elif topic == self._prefix + "deadletter":
                 self.deadletters[str(body.get("kind", "unknown"))] += 1
                 self.last_deadletter = str(body.get("reason", ""))
@@ -150,6 +156,31 @@ class DemoState:
         """The events since the last call (to print each once)."""
         new, self._new = self._new, []
         return new
+
+    def drain_swaps(self) -> list[str]:
+        new, self._new_swaps = self._new_swaps, []
+        return new
+
+    def _model(self, body: dict[str, Any], now: float) -> None:
+        before, before_threshold = self.model_label, self.threshold
+        self.model = body
+        if isinstance(body.get("threshold"), int | float):
+            self.threshold = float(body["threshold"])
+        event = body.get("last_event") or {}
+        repeated = event.get("ts") == self._last_model_event  # republished on reconnect
+        self._last_model_event = event.get("ts")
+        if before != "?" and self.model_label != before:
+            line = (
+                f"+{now - self.start:5.1f}s  model {before} -> {self.model_label}"
+                f" (signed by {body.get('signed_by')}, verified, golden samples passed;"
+                f" threshold {before_threshold:.3f} -> {self.threshold:.3f})"
+            )
+        elif not repeated and event.get("event") in ("rejected", "shadow_rejected", "rolled_back"):
+            line = f"+{now - self.start:5.1f}s  model {event['event']}: {event.get('reason')}"
+        else:
+            return
+        self.swaps.append(line)
+        self._new_swaps.append(line)
 
     def _alert(self, body: dict[str, Any], now: float) -> None:
         name = str(body.get("machine", "?"))
@@ -249,6 +280,8 @@ def render_screen(
         lines.append(f"{name:<16} {score}  {score_bar(m.score, s.threshold)} {state}  {m.raised}")
     lines += ["", f"recent events (threshold {s.threshold:.3f})"]
     lines += [f"  {render_event(e, color)}" for e in s.events] or ["  (none yet)"]
+    if s.swaps:
+        lines += ["", "model delivery"] + [f"  {line}" for line in s.swaps[-3:]]
     lines += ["", f"dead letters: {_deadletter_summary(s)}"]
     if s.last_deadletter:
         lines.append(f"  latest: {s.last_deadletter[:90]}")
@@ -267,6 +300,7 @@ def render_summary(s: DemoState, elapsed: float, note: str = "") -> list[str]:
         f"(received {s.counter('readings_received'):,})",
         f"  alerts           {s.raised} raised, {s.cleared} cleared",
         f"  dead-lettered    {_deadletter_summary(s)}",
+        *(f"  model           {line.split('  model ', 1)[-1]}" for line in s.swaps),
     ] + ([f"  cloud           {_cloud(s).strip()}"] if _cloud(s) else [])
 
 
@@ -353,6 +387,40 @@ def _local_cloud(work: Path, stack: contextlib.ExitStack) -> dict[str, str]:
     }
 
 
+def _model_bucket(work: Path) -> tuple[dict[str, str], Callable[[], str]]:
+    """A site's model folder and its signing key; ``publish`` does what a data scientist does
+    with ``edge-gateway model sign`` and ``model publish``: here, a recalibrated alert policy."""
+    keys = work / "keys"
+    keys.mkdir()
+    generate_keypair(keys / "signing.key", keys / "signing.pub")
+    bucket = work / "bucket" / "plant-demo"
+    bucket.mkdir(parents=True)
+    store = open_store(bucket.as_uri())
+
+    def publish() -> str:
+        base = load_bundle(default_bundle_dir())
+        policy = base.manifest.alert
+        recalibrated = base.manifest.model_copy(
+            update={
+                "version": "1.1.0",
+                "created": datetime.now(UTC),
+                "alert": policy.model_copy(update={"threshold": round(policy.threshold * 0.85, 4)}),
+            }
+        )
+        signed = sign_manifest(recalibrated, load_private_key(keys / "signing.key"))
+        store.put("1.1.0", "model.onnx", base.model_path)
+        store.put("1.1.0", "manifest.json", signed.to_json())
+        store.set_latest("1.1.0")  # last: a half-uploaded version is never picked up
+        return signed.label
+
+    env = {
+        "EDGEGW_MODEL__SOURCE": bucket.as_uri(),
+        "EDGEGW_MODEL__PUBLIC_KEY": str(keys / "signing.pub"),
+        "EDGEGW_MODEL__POLL_INTERVAL": "2",
+    }
+    return env, publish
+
+
 def _session(work: Path, duration: float, state: DemoState, out: TextIO, res: DemoResult) -> None:
     http_port = free_port()
     with contextlib.ExitStack() as stack:  # stops, in reverse: simulator, gateway, view, broker
@@ -372,6 +440,8 @@ def _session(work: Path, duration: float, state: DemoState, out: TextIO, res: De
                 EDGEGW_GATEWAY__DATA_DIR=str(work / "data"),
             )
             env.update(_local_cloud(work, stack))
+            bucket, publish = _model_bucket(work)
+            env.update(bucket)
             gateway = _spawn(["run"], work / "gateway.log", env)
             stack.callback(_stop, gateway)
             res.pids["gateway"] = gateway.pid
@@ -397,7 +467,8 @@ def _session(work: Path, duration: float, state: DemoState, out: TextIO, res: De
                     file=out,
                     flush=True,
                 )
-            _watch(state, duration, http_port, out, {"gateway": gateway, "simulator": sim}, res)
+            procs = {"gateway": gateway, "simulator": sim}
+            _watch(state, duration, http_port, out, procs, res, publish)
             if res.failure is None:  # let the gateway drain and report its final counters
                 _stop(sim)
                 stopped = time.time()
@@ -419,14 +490,22 @@ def _watch(
     out: TextIO,
     procs: dict[str, Proc],
     res: DemoResult,
+    publish: Callable[[], str] | None = None,
 ) -> None:
     tty = out.isatty()
     end, next_line = state.start + duration, state.start + _LINE_EVERY
+    publish_at = state.start + duration / 2 if publish is not None else math.inf
     if tty:
         out.write("\x1b[2J")
     while (now := time.monotonic()) < end:
+        if now >= publish_at and publish is not None:
+            label = publish()
+            publish_at = math.inf
+            if not tty:
+                out.write(f"+{now - state.start:5.1f}s  data scientist published {label}\n")
         with state.lock:
             events = state.drain()
+            swaps = state.drain_swaps()
             frame = (
                 render_screen(state, now, duration=duration, http_port=http_port, color=True)
                 if tty
@@ -437,6 +516,7 @@ def _watch(
             out.write("\x1b[H" + "".join(f"{ln}\x1b[K\n" for ln in frame) + "\x1b[J")
         else:
             out.writelines(f"{render_event(e)}\n" for e in events)
+            out.writelines(f"{line}\n" for line in swaps)
             if line is not None:
                 out.write(line + "\n")
                 next_line += _LINE_EVERY

@@ -21,6 +21,8 @@ from .errors import RejectedInput
 __all__ = ["DeadLetter", "FeatureMap", "Ingest", "ReadingSink", "decode_payload"]
 
 _FLOAT32_MAX = 3.4028234663852886e38
+_FIELD_SAMPLE = 64
+_FIELDS_MAX = 1024
 _MACHINE_MAX = 256  # characters of a machine name given in a reading
 # A reading or a list in MessagePack starts with a map or array marker; anything else is JSON.
 _MSGPACK_START = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
@@ -169,6 +171,24 @@ class Ingest:
         self._max_readings = max_readings
         self.readings_in = 0
         self.accepted = 0
+        # Field name -> when a sampled reading last carried it: model delivery refuses a model
+        # that needs a field no reading carries. One reading in _FIELD_SAMPLE is looked at.
+        self._fields: dict[str, float] = {}
+
+    def _saw(self, reading: dict[Any, Any], now: float) -> None:
+        fields = self._fields
+        for name in reading:
+            if type(name) is str:
+                fields[name] = now
+        if len(fields) > _FIELDS_MAX:  # readings with ever new keys must not grow memory
+            newest = sorted(fields.items(), key=lambda item: item[1])[-_FIELDS_MAX // 2 :]
+            self._fields = dict(newest)
+
+    def fields_seen(self, since: float) -> set[str] | None:
+        """Fields carried by sampled readings that arrived at or after ``since`` (the clock of
+        ``handle``'s ``now``); None when no reading arrived since then."""
+        recent = {name for name, last in self._fields.items() if last >= since}
+        return recent or None
 
     def handle(self, topic: str, payload: bytes, token: object, now: float) -> None:
         machine = topic[len(self._prefix) :] if topic.startswith(self._prefix) else topic
@@ -202,6 +222,8 @@ class Ingest:
                 )
                 continue
             add(m, ts, row, reading, now)
+            if not (self.accepted + accepted) % _FIELD_SAMPLE:
+                self._saw(reading, now)
             accepted += 1
         self.accepted += accepted
         if accepted:

@@ -276,6 +276,13 @@ def test_demo_runs_raises_an_alert_and_stops_everything(
     scored = re.search(r"readings scored +([\d,]+)", out)
     assert scored is not None, out
     assert int(scored.group(1).replace(",", "")) > 500, out
+    # Halfway, a new signed version lands in the site's bucket and takes over live.
+    assert "data scientist published machine-health@1.1.0" in out, out
+    assert re.search(
+        r"model machine-health@1\.0\.0 -> machine-health@1\.1\.0 \(signed by [0-9a-f]{16}, "
+        r"verified, golden samples passed; threshold 0\.600 -> 0\.510\)",
+        out,
+    ), out
     assert "\x1b[" not in out  # not a terminal: no escape codes
     assert set(res.pids) == {"gateway", "simulator"}
     _assert_all_stopped(res)

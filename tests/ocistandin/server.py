@@ -7,7 +7,9 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -34,6 +36,20 @@ _FAULT_CODES = {
 _STREAM = re.compile(r"^/20180418/streams/([^/]+)/(messages|cursors)$")
 _OBJECT = re.compile(r"^/n/([^/]+)/b/([^/]+)/o(?:/(.*))?$")
 _PAR = re.compile(r"^/p/([^/]+)/n/([^/]+)/b/([^/]+)/o(?:/(.*))?$")
+_LOGGED_HEADERS = ("range", "if-match", "if-none-match")
+_LOG_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One answered API request, for tests that check what a client asked and got."""
+
+    operation: str
+    method: str
+    target: str  # path?query as sent (a PAR token included)
+    headers: dict[str, str]  # only Range, If-Match, If-None-Match, when sent
+    status: int
+    sent: int  # bytes of the answer's body (0 for HEAD, 304)
 
 
 class StandIn:
@@ -81,6 +97,8 @@ class StandIn:
         self._admin: Server | None = None
         self._recover_timer: threading.Timer | None = None
         self._stopped = False
+        self._log: deque[LoggedRequest] = deque(maxlen=_LOG_MAX)
+        self._log_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -201,6 +219,17 @@ class StandIn:
         n = self.store.stream_partitions(stream_id) or 0
         return [m for p in range(n) for m in self.store.read(stream_id, p, 0, 1 << 62)]
 
+    def request_log(self, *operations: str) -> list[LoggedRequest]:
+        """The API requests answered so far (the last 10,000), oldest first; only these
+        operations if any are named."""
+        with self._log_lock:
+            log_ = list(self._log)
+        return [r for r in log_ if not operations or r.operation in operations]
+
+    def clear_request_log(self) -> None:
+        with self._log_lock:
+            self._log.clear()
+
     # -- request handling ------------------------------------------------------------------
 
     def handle(self, req: Request, *, admin_only: bool = False) -> Response:
@@ -229,6 +258,11 @@ class StandIn:
             resp = error_response(ServiceError(500, "InternalServerError", repr(exc)))
         resp.operation = operation
         self.stats.request(operation, resp.status, len(req.body))
+        sent = 0 if req.method == "HEAD" or resp.status in (204, 304) else len(resp.body)
+        headers = {k: req.headers[k] for k in _LOGGED_HEADERS if k in req.headers}
+        entry = LoggedRequest(operation, req.method, req.target, headers, resp.status, sent)
+        with self._log_lock:
+            self._log.append(entry)
         return resp
 
     def _authenticate(self, req: Request, sign_body: bool) -> None:
