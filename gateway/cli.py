@@ -75,7 +75,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         await Gateway(settings).serve(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:  # found at start-up (a key file, a source): stop, name the key
+        logging.getLogger("gateway").error("%s", exc)
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .config import Settings
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .manifest import MANIFEST_NAME, Bundle, Manifest, default_bundle_dir, load_bundle
 from .modelcache import ModelCache
 from .modelstore import ModelStore, NotFound, StoreError, open_store
@@ -113,17 +113,23 @@ class ModelSync:
         network). A bad key file or source stops start-up with the reason."""
         s = self.settings
         if s.model.public_key is not None:
-            self._key = load_public_key(s.model.public_key)
+            try:
+                self._key = load_public_key(s.model.public_key)
+            except ConfigError as exc:
+                raise ConfigError(f"model.public_key [EDGEGW_MODEL__PUBLIC_KEY]: {exc}") from exc
         self.cache.open()
         if s.model.source:
-            self.store = open_store(
-                s.model.source,
-                oci_config=s.uplink.oci_config,
-                oci_profile=s.uplink.oci_profile,
-                auth=s.uplink.auth,
-                endpoint=s.model.endpoint,
-                timeout=s.model.timeout,
-            )
+            try:
+                self.store = open_store(
+                    s.model.source,
+                    oci_config=s.uplink.oci_config,
+                    oci_profile=s.uplink.oci_profile,
+                    auth=s.uplink.auth,
+                    endpoint=s.model.endpoint,
+                    timeout=s.model.timeout,
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"model.source [EDGEGW_MODEL__SOURCE]: {exc}") from exc
 
     def boot(self) -> Scorer:
         """The model to start on (blocking): the newest good cached version that still checks

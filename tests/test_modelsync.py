@@ -491,3 +491,17 @@ def test_oci_bucket_polls_cheaply_and_survives_network_errors(
         assert {r.operation for r in idle} == {"GetObject"}
         assert all(unquote(r.target).endswith("/edge/LATEST") for r in idle)
         assert all(r.status == 304 and r.sent == 0 and "if-none-match" in r.headers for r in idle)
+
+
+def test_an_unreadable_public_key_stops_start_up_naming_the_key(
+    gateway_factory: Callable[..., GatewayProc], repo: Repo, tmp_path: Path
+) -> None:
+    gw = gateway_factory(
+        start=False,
+        EDGEGW_MODEL__SOURCE=repo.url,
+        EDGEGW_MODEL__PUBLIC_KEY=str(tmp_path / "missing.pub"),
+    )
+    gw.start(wait=False)
+    assert gw.proc is not None
+    assert gw.proc.wait(30) == 2
+    assert "model.public_key [EDGEGW_MODEL__PUBLIC_KEY]: cannot read public key" in gw.log
