@@ -184,14 +184,18 @@ class ModelSync:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(timeout, 3600.0))
             self._wake.clear()
-            if self.watch.tripped is not None:
-                await self._rollback(target, self.watch.tripped)
-            if self.shadow is not None and self.shadow.done.is_set():
-                await self._judge(target)
-            if time.monotonic() >= next_poll:
-                await self.poll(target)
-                jitter = 1.0 + random.uniform(-s.poll_jitter, s.poll_jitter)
-                next_poll = time.monotonic() + s.poll_interval * jitter
+            try:
+                if self.watch.tripped is not None:
+                    await self._rollback(target, self.watch.tripped)
+                if self.shadow is not None and self.shadow.done.is_set():
+                    await self._judge(target)
+                if time.monotonic() >= next_poll:
+                    jitter = 1.0 + random.uniform(-s.poll_jitter, s.poll_jitter)
+                    next_poll = time.monotonic() + s.poll_interval * jitter
+                    await self.poll(target)
+            except Exception as exc:  # a full disk, a bug: say so, keep serving, keep polling
+                log.exception("model delivery step failed")
+                self._report(target, Event("failed", None, f"{type(exc).__name__}: {exc}"))
 
     def wake(self) -> None:
         """Called from the scoring loop when the watch trips or a shadow run is complete."""
