@@ -327,6 +327,7 @@ class ModelSync:
     async def _swap(self, target: SwapTarget, scorer: Scorer, event: str, **detail: Any) -> None:
         old = target.scorer
         await target.swap_model(scorer)
+        swapped = time.time()  # the event's time is the swap's, not the bookkeeping's after it
         self.watch.reset()
         version = scorer.manifest.version
         if self.cache.holds(scorer):
@@ -335,7 +336,7 @@ class ModelSync:
         self.swaps += 1
         detail = {"from": old.label if old else None, "to": scorer.label, **detail}
         log.info("model swapped from=%s to=%s", detail["from"], scorer.label)
-        self._report(target, Event(event, version, None, detail))
+        self._report(target, Event(event, version, None, detail, ts=swapped))
 
     async def _start_shadow(self, target: SwapTarget, candidate: Scorer) -> None:
         s = self.settings.model
