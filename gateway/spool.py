@@ -37,6 +37,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_IN_CHUNK = 500  # seqs per DELETE … IN (…): under SQLite's bound-parameter limit
+
 Durability = Literal["full", "normal", "off"]
 # What each choice can lose on a power cut (an application crash loses nothing in any mode):
 #   full   - nothing that was acknowledged: every commit is fsynced before the acks go out
@@ -327,7 +329,20 @@ class Spool:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("DELETE FROM records WHERE seq = ?", [(r.seq,) for r in records])
+            # Only what is still there counts: drop_oldest or expiry may have taken some of
+            # these records since the uplink read them.
+            gone: set[int] = set()
+            for i in range(0, len(records), _IN_CHUNK):
+                chunk = [r.seq for r in records[i : i + _IN_CHUNK]]
+                marks = ",".join("?" * len(chunk))
+                gone.update(
+                    seq
+                    for (seq,) in db.execute(
+                        f"DELETE FROM records WHERE seq IN ({marks}) RETURNING seq",  # noqa: S608 only "?"s
+                        chunk,
+                    )
+                )
+            records = [r for r in records if r.seq in gone]
             self._bump(db, counter, len(records))
             if counter == "expired_records":
                 self._bump(db, "expired_readings", sum(r.count for r in records))

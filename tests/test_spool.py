@@ -73,6 +73,22 @@ def test_drop_oldest_frees_exactly_enough_and_counts_it(tmp_path: Path) -> None:
     assert [r.created for r in s.oldest("telemetry", 1 << 20)] == [2.0, 3.0, 4.0, 5.0, 6.0]
 
 
+def test_records_dropped_while_in_flight_are_not_counted_twice(tmp_path: Path) -> None:
+    s = make(tmp_path, budget=10_000)
+    for i in range(6):
+        s.append("telemetry", "k", bytes(1000), count=10, created=float(i))
+    s.commit()
+    in_flight = s.oldest("telemetry", 1 << 20)  # the uplink is sending these
+    s.append("telemetry", "k", bytes(1500), count=7, created=6.0)  # drops the two oldest
+    s.commit()
+    s.remove(in_flight)  # stored by the cloud: what is still there goes
+    st = s.stats()
+    assert st.counters["dropped_records"] == 2
+    assert st.counters["sent_records"] == 4
+    lane = st.lanes["telemetry"]
+    assert (lane["records"], lane["bytes"], lane["readings"]) == (1, 1500, 7)
+
+
 def test_block_lane_refuses_and_writes_nothing(tmp_path: Path) -> None:
     s = make(tmp_path, budget=10_000)  # alerts may hold 1,000 bytes
     s.append("alerts", "k", bytes(900), count=1, created=0.0)
