@@ -9,15 +9,18 @@ jitter, starting now. Three cases of the same physics:
 
 - ``plc``: values rounded to 3 decimals and ts to the millisecond, as a PLC sends them;
 - ``plc-us``: values at 3 decimals, ts to the microsecond (a sub-millisecond clock);
-- ``raw``: values at full float64 precision, ts to the microsecond.
+- ``raw``: values at full float64 precision, ts to the microsecond;
+- ``agg60``: the ``plc`` readings of 10 minutes at 1 reading/s/machine as an ``aggregate`` lane
+  sends them (``telemetry_agg``: per machine and 60 s window, count and min/mean/max/last).
 
-Every case is at full fidelity: the JSON carries exactly what the wire format carries (ts at the
-microsecond is the wire format's resolution), and each batch is checked to decode to the same
-values. A spool record holds 10 readings in arrival order. For each case and batch size it reports
-compact JSON (orjson, one object per reading, as on MQTT), JSON + zstd, the columns as plain
-MessagePack + zstd (the baseline in reference/baselines.md), and the wire format: bytes, bytes
-per reading, share of the JSON, and encode and decode CPU time per reading (best of a few
-runs). A table goes to stdout and JSON to ``bench/results/wirebytes.json``.
+Every case but ``agg60`` is at full fidelity: the JSON carries exactly what the wire format
+carries (ts at the microsecond is the wire format's resolution), and each batch is checked to
+decode to the same values (``agg60``: to the same rows). A spool record holds 10 readings in
+arrival order. For each case and batch size it reports compact JSON (orjson, one object per
+reading, as on MQTT), JSON + zstd, the columns as plain MessagePack + zstd (the baseline in
+reference/baselines.md), and the wire format: bytes, bytes per reading, share of the JSON, and
+encode (``agg60``: summarise and encode) and decode CPU time per reading (best of a few runs).
+A table goes to stdout and JSON to ``bench/results/wirebytes.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 import orjson
 import zstandard
 
+from gateway.aggregate import Columns, summarise
 from gateway.simulate import machine_names
 from gateway.telemetry import FEATURES, Fleet
 from gateway.wireformat import Message, decode, encode_split
@@ -47,16 +51,19 @@ DEFAULT_OUT = REPO / "bench" / "results" / "wirebytes.json"
 CASES = {"plc": (3, 3), "plc-us": (3, 6), "raw": (None, 6)}  # (value decimals, ts decimals)
 TARGET = {"case": "plc", "readings": 500, "ratio": 0.08}
 MACHINES, RATE = 10, 5.0
+AGGREGATE = {"window": 60.0, "rate": 1.0, "seconds": 600}  # the agg60 case
 
 
-def readings(n: int, value_decimals: int | None, ts_decimals: int, seed: int, t0: float) -> Message:
+def readings(
+    n: int, value_decimals: int | None, ts_decimals: int, seed: int, t0: float, rate: float = RATE
+) -> Message:
     """``n`` readings in arrival order, as the uplink would hand them to the encoder."""
     fleet = Fleet(MACHINES, seed=seed)
     rng = np.random.default_rng(seed + 1)
     names = machine_names(MACHINES)
-    phase = rng.uniform(0.0, 1.0 / RATE, MACHINES)  # machines do not sample in step
+    phase = rng.uniform(0.0, 1.0 / rate, MACHINES)  # machines do not sample in step
     ticks = -(-n // MACHINES)
-    ts = t0 + np.arange(ticks)[:, None] / RATE + phase + rng.normal(0.0, 0.002, (ticks, MACHINES))
+    ts = t0 + np.arange(ticks)[:, None] / rate + phase + rng.normal(0.0, 0.002, (ticks, MACHINES))
     values = np.stack([fleet.sample(row) for row in ts])  # (ticks, machines, features)
     if value_decimals is not None:
         values = np.round(values, value_decimals)
@@ -112,15 +119,48 @@ def check_faithful(m: Message, wire: list[bytes]) -> None:
             raise AssertionError(f"column {k} did not survive the round trip")
 
 
+def aggregated(m: Message, window: float) -> list[Message]:
+    """The readings of ``m`` as an aggregate lane sends them once it keeps up: a message per
+    window (one partition key: the 10 machines are one group), a row per machine in it."""
+    seq, ts = np.asarray(m.columns["seq"]), np.asarray(m.columns["ts"])
+    names = sorted(set(m.columns["machine"]))
+    code = np.array([names.index(x) for x in m.columns["machine"]], dtype=np.uint32)
+    values = np.stack([np.asarray(m.columns[f]) for f in FEATURES], axis=1)
+    win = np.floor(ts / window)
+    out = []
+    for w in np.unique(win).tolist():  # per window and spool record, not per reading
+        parts = []
+        for s in np.unique(seq[win == w]).tolist():
+            rows = np.flatnonzero((win == w) & (seq == s))
+            parts.append((s, Columns(names, code[rows], ts[rows], FEATURES, values[rows])))
+        cols = summarise("telemetry", parts, window)
+        out.append(Message(m.site, m.gateway, "telemetry_agg", parts[0][0], parts[-1][0], cols))
+    return out
+
+
 def measure(case: str, n: int, level: int, seed: int, t0: float) -> dict[str, Any]:
-    m = readings(n, *CASES[case], seed=seed, t0=t0)
+    if case == "agg60":
+        a = AGGREGATE
+        m = readings(
+            n, *CASES["plc"], seed=seed, t0=t0 // a["window"] * a["window"], rate=a["rate"]
+        )
+        sent = aggregated(m, a["window"])
+    else:
+        m = readings(n, *CASES[case], seed=seed, t0=t0)
+        sent = [m]
     js = as_json(m)
     zjs = zstandard.ZstdCompressor(level=level).compress(js)
     zcol = zstandard.ZstdCompressor(level=level).compress(as_column_msgpack(m))
-    wire = encode_split(m, level=level)
-    check_faithful(m, wire)
+    wire = []
+    for message in sent:
+        wire += encode_split(message, level=level)
+        check_faithful(message, wire[-1:])
     ours = sum(len(w) for w in wire)
-    enc = best_of(lambda: encode_split(m, level=level))
+    if case == "agg60":  # summarising included
+        window = AGGREGATE["window"]
+        enc = best_of(lambda: [encode_split(a, level=level) for a in aggregated(m, window)])
+    else:
+        enc = best_of(lambda: encode_split(m, level=level))
     dec = best_of(lambda: [decode(w) for w in wire])
     return {
         "case": case,
@@ -173,7 +213,8 @@ def machine_info() -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="50,500,5000", help="readings per batch, comma-separated")
-    p.add_argument("--cases", default=",".join(CASES), help=f"some of {', '.join(CASES)}")
+    every = [*CASES, "agg60"]
+    p.add_argument("--cases", default=",".join(every), help=f"some of {', '.join(every)}")
     p.add_argument("--level", type=int, default=3, help="zstd level (default 3, the gateway's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -183,11 +224,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = round(time.time(), 3)
+    cases = args.cases.split(",")
     rows = [
         measure(case, int(n), args.level, args.seed, t0)
-        for case in args.cases.split(",")
+        for case in cases
+        if case in CASES
         for n in args.sizes.split(",")
     ]
+    if "agg60" in cases:  # its size is its duration: 10 machines, 600 s at 1 reading/s
+        n = int(MACHINES * AGGREGATE["rate"] * AGGREGATE["seconds"])
+        rows.append(measure("agg60", n, args.level, args.seed, t0))
     print(format_table(rows))
     target = next(
         (r for r in rows if (r["case"], r["readings"]) == (TARGET["case"], TARGET["readings"])),
@@ -203,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "settings": {"machines": MACHINES, "rate": RATE, "level": args.level, "seed": args.seed},
+        "settings": {"machines": MACHINES, "rate": RATE, "level": args.level, "seed": args.seed}
+        | {"aggregate": AGGREGATE},
         "target": TARGET | {"pass": verdict},
         "rows": rows,
     }

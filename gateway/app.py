@@ -532,6 +532,16 @@ class Gateway:
             m.live_counter(
                 "gateway_uplink_retries", "Requests tried again after a failure", lambda: up.retries
             )
+            m.live_counter(
+                "gateway_uplink_summarised_readings",
+                "Readings of aggregate lanes sent as aggregate rows",
+                lambda: up.summarised_readings,
+            )
+            m.live_counter(
+                "gateway_uplink_aggregate_rows",
+                "Aggregate rows stored by OCI Streaming",
+                lambda: up.aggregate_rows,
+            )
         m.live_counter(
             "gateway_readings_shed",
             "QoS 0 readings dropped because the queue was full",

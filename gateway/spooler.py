@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +24,15 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from .aggregate import Columns, window_of
 from .alerts import Alert
 from .batcher import Batch
 from .config import Settings
 from .errors import ConfigError
 from .spool import LaneConfig, Spool, SpoolFull, SpoolUnavailable
 
-__all__ = ["Spooler", "Stored", "decode_body", "group_of", "open_spool", "records_for"]
+__all__ = ["Spooler", "Stored", "columns_of", "decode_body", "group_of", "open_spool"]
+__all__ += ["records_for", "split_by_window"]
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +116,56 @@ def records_for(
 
 def decode_body(lane: str, body: bytes) -> dict[str, Any]:
     """A spool body back to plain columns (lists), for the uplink and ``spool export``."""
-    raw: dict[str, Any] = msgpack.unpackb(body)
     if lane == "alerts":
-        return {"alerts": raw["alerts"]}
-    names = raw["machines"]
+        return {"alerts": msgpack.unpackb(body)["alerts"]}
+    c = columns_of(lane, body)
     out: dict[str, Any] = {
-        "machine": [names[i] for i in np.frombuffer(raw["machine"], dtype=np.uint32)],
-        "ts": np.frombuffer(raw["ts"], dtype=np.float64).tolist(),
+        "machine": [c.names[i] for i in c.machine.tolist()],
+        "ts": c.ts.tolist(),
     }
     if lane == "telemetry":
-        values = np.frombuffer(raw["values"], dtype=np.float64).reshape(len(out["ts"]), -1)
-        for j, name in enumerate(raw["features"]):
-            out[name] = values[:, j].tolist()
+        for j, name in enumerate(c.fields):
+            out[name] = c.values[:, j].tolist()
     else:
-        out["model"] = raw["model"]
-        out["score"] = np.frombuffer(raw["score"], dtype=np.float32).tolist()
+        out["model"] = c.model
+        out["score"] = c.values[:, 0].tolist()
+    return out
+
+
+def columns_of(lane: str, body: bytes) -> Columns:
+    """A telemetry or scores spool body as arrays (scores widened to float64, exactly)."""
+    raw: dict[str, Any] = msgpack.unpackb(body)
+    ts = np.frombuffer(raw["ts"], dtype=np.float64)
+    machine = np.frombuffer(raw["machine"], dtype=np.uint32)
+    if lane == "telemetry":
+        fields = tuple(raw["features"])
+        values = np.frombuffer(raw["values"], dtype=np.float64).reshape(len(ts), len(fields))
+        return Columns(raw["machines"], machine, ts, fields, values)
+    if lane == "scores":
+        score = np.frombuffer(raw["score"], dtype=np.float32).astype(np.float64)
+        return Columns(raw["machines"], machine, ts, ("score",), score[:, None], raw["model"])
+    raise ValueError(f"spool lane {lane!r} has no reading columns")
+
+
+def split_by_window(record: Stored, window: float) -> list[Stored]:
+    """``record`` cut so that each piece's readings fall in one aggregation window: pieces in
+    window order, readings in their order. Then a window's rows never wait for the next
+    window, and every reading of a closed window goes out at once."""
+    raw: dict[str, Any] = msgpack.unpackb(record.body)
+    ts = np.frombuffer(raw["ts"], dtype=np.float64)
+    win = window_of(ts, window)
+    if not len(win) or win.min() == win.max():
+        return [record]
+    per_reading = {  # the body's per-reading columns and the bytes of one reading in each
+        name: (np.frombuffer(raw[name], dtype=np.uint8).reshape(len(ts), -1))
+        for name in ("machine", "ts", "values", "score")
+        if name in raw
+    }
+    out = []
+    for w in np.unique(win):  # per window, not per reading
+        rows = np.flatnonzero(win == w)
+        piece = raw | {name: col[rows].tobytes() for name, col in per_reading.items()}
+        out.append(Stored(record.lane, record.key, msgpack.packb(piece), len(rows)))
     return out
 
 
@@ -150,8 +187,12 @@ class Spooler:
         commit_interval: float = 0.0,
         expire_every: float = 60.0,
         on_commit: Callable[[int, float], None] = lambda records, seconds: None,
+        windows: Mapping[str, float] | None = None,
     ) -> None:
         self.spool = spool
+        # lane -> aggregation window: its records are cut at window boundaries before they
+        # are stored (``split_by_window``). The uplink sets it for the lanes it aggregates.
+        self.windows = dict(windows or {})
         self._release = release
         self._retry = retry
         self._interval = commit_interval
@@ -238,8 +279,10 @@ class Spooler:
 
     def _write(self, records: list[Stored]) -> None:
         now = time.time()
-        for r in records:
-            self.spool.append(r.lane, r.key, r.body, r.count, now)
+        for record in records:
+            window = self.windows.get(record.lane)
+            for r in split_by_window(record, window) if window else (record,):
+                self.spool.append(r.lane, r.key, r.body, r.count, now)
         try:
             self.spool.commit()
         except BaseException:

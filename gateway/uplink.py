@@ -8,6 +8,10 @@ delay the service names; request-level failures back off with tenacity (the SDK'
 off, so attempts don't multiply). A spool record is removed only once every message made from it
 was stored. Each key is paced to ``uplink.rate`` bytes/s, so a backlog after an outage drains
 steadily instead of as a burst that gets the site throttled.
+
+A lane set to ``aggregate`` sends, per machine and window of reading time, one row of count and
+min/mean/max/last (``gateway.aggregate``) instead of every reading, once the window has closed;
+until then its records wait in the spool, which keeps every reading either way.
 """
 
 from __future__ import annotations
@@ -20,17 +24,19 @@ import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import aggregate
 from .config import Settings
 from .errors import ConfigError, TransientError, retrying
 from .spool import Record
-from .spooler import Spooler, decode_body
+from .spooler import Spooler, columns_of, decode_body
 from .wireformat import Message, encode_split
 
-__all__ = ["Uplink", "make_stream_client", "to_message"]
+__all__ = ["Uplink", "make_stream_client", "to_message", "to_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,37 @@ def to_message(site: str, gateway: str, lane: str, records: Sequence[Record]) ->
     return Message(site, gateway, lane, records[0].seq, records[-1].seq, cols)
 
 
+@dataclass
+class _Summary:
+    """What one look at an aggregate lane found: messages, the records they summarise, and
+    when a record held back (its window still open) becomes ready."""
+
+    entries: list[tuple[str, bytes]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    readings: int = 0
+    rows: int = 0
+    wake: float = 0.0
+
+
+def to_messages(
+    site: str, gateway: str, lane: str, records: Sequence[Record]
+) -> list[tuple[str, Message]]:
+    """The records of one lane as (key, message): per partition key, a message per run of
+    records with the same fields (a model swap may change the telemetry's)."""
+    by_key: dict[str, list[list[Record]]] = {}
+    fields: dict[str, tuple[str, ...] | None] = {}
+    for r in records:
+        runs = by_key.setdefault(r.key, [])
+        shape = columns_of(lane, r.body).fields if lane == "telemetry" else None
+        if not runs or shape != fields[r.key]:
+            runs.append([])
+            fields[r.key] = shape
+        runs[-1].append(r)
+    return [
+        (key, to_message(site, gateway, lane, run)) for key, runs in by_key.items() for run in runs
+    ]
+
+
 class _Pacer:
     """Per key, no more than ``rate`` bytes a second on average (a leaky bucket)."""
 
@@ -120,11 +157,18 @@ class Uplink:
         self._pacer = _Pacer(float(settings.uplink.rate))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gateway.uplink")
         self._closed = asyncio.Event()
+        u = settings.uplink
+        modes = {"telemetry": u.telemetry_forward, "scores": u.scores_forward}
+        self._windows = {lane: u.aggregate_window for lane, m in modes.items() if m == "aggregate"}
+        spooler.windows.update(self._windows)  # a spool record then holds one window
+        self._rest: dict[str, float] = {}  # aggregate lane -> nothing in it is ready before
         self.sent_messages = 0
         self.sent_bytes = 0
         self.throttled = 0
         self.retries = 0
         self.failures = 0
+        self.summarised_readings = 0  # readings of aggregate lanes, sent as rows
+        self.aggregate_rows = 0
         self.connected = True
 
     def close(self) -> None:
@@ -137,10 +181,17 @@ class Uplink:
         while not self._closed.is_set():
             busy = False
             for lane in spool.lanes_by_priority():
+                if time.time() < self._rest.get(lane, 0.0):
+                    continue
                 records = await self._spooler.run_in_thread(spool.oldest, lane, 4 << 20)
-                if records and self._worth_sending(lane, records):
+                if not records:
+                    continue
+                if lane in self._windows:
+                    busy = await self._send_aggregates(lane, records)
+                elif self._worth_sending(lane, records):
                     await self._send(lane, records)
                     busy = True
+                if busy:
                     break  # look at the higher lanes again first
             if not busy:
                 with contextlib.suppress(TimeoutError):
@@ -155,16 +206,50 @@ class Uplink:
         return time.time() - records[0].created >= self._settings.uplink.linger
 
     async def _send(self, lane: str, records: list[Record]) -> None:
-        s = self._settings
-        by_key: dict[str, list[Record]] = {}
-        for r in records:
-            by_key.setdefault(r.key, []).append(r)
         loop = asyncio.get_running_loop()
-        entries: list[tuple[str, bytes]] = []
-        for key, group in by_key.items():
-            message = to_message(s.gateway.site, s.gateway.id, lane, group)
-            values = await loop.run_in_executor(None, _encode, message)
-            entries += [(key, v) for v in values]
+        entries = await loop.run_in_executor(None, self._messages, lane, records)
+        await self._deliver(entries, records)
+
+    def _messages(self, lane: str, records: list[Record]) -> list[tuple[str, bytes]]:
+        s = self._settings
+        return [
+            (key, value)
+            for key, message in to_messages(s.gateway.site, s.gateway.id, lane, records)
+            for value in _encode(message)
+        ]
+
+    async def _send_aggregates(self, lane: str, records: list[Record]) -> bool:
+        """Sends the rows of every closed window there is; False if none has closed yet."""
+        loop = asyncio.get_running_loop()
+        done = await loop.run_in_executor(None, self._summarise, lane, records, time.time())
+        if not done.records:
+            # Until then even a late record of a closed window waits (a window and the grace
+            # at most): reading and decoding the lane's oldest records again would find nothing.
+            self._rest[lane] = done.wake
+            return False
+        await self._deliver(done.entries, done.records)
+        self.summarised_readings += done.readings
+        self.aggregate_rows += done.rows
+        return True
+
+    def _summarise(self, lane: str, records: list[Record], now: float) -> _Summary:
+        s, u = self._settings, self._settings.uplink
+        window = self._windows[lane]
+        runs, wake = aggregate.closed(
+            records, lambda r: columns_of(lane, r.body), window, u.aggregate_grace, now
+        )
+        out = _Summary(wake=wake)
+        for key, run in runs.items():
+            message = aggregate.message(s.gateway.site, s.gateway.id, lane, run, window)
+            out.entries += [(key, v) for v in _encode(message)]
+            out.records += [r for r, _ in run]
+            out.readings += sum(r.count for r, _ in run)
+            out.rows += message.count
+        return out
+
+    async def _deliver(self, entries: list[tuple[str, bytes]], records: list[Record]) -> None:
+        """Stores every entry, paced per key, then deletes the records they were made of."""
+        loop = asyncio.get_running_loop()
         for batch in _requests(entries):
             for key, value in batch:
                 await asyncio.sleep(self._pacer.delay(key, len(value), loop.time()))

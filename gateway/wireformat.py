@@ -29,10 +29,13 @@ Column = npt.NDArray[Any] | list[Any]
 U64 = npt.NDArray[np.uint64]
 
 _COMMON = {"seq": "int", "machine": "str", "ts": "ts"}
+_WINDOW = {**_COMMON, "ts_end": "ts", "ts_last": "ts", "count": "int"}  # an aggregate row
 SCHEMAS: dict[str, dict[str, str]] = {
     "telemetry": _COMMON,  # plus one float or int column per reading field
-    "telemetry_agg": {**_COMMON, "ts_end": "ts", "count": "int"},  # plus <field>.<stat> floats
+    "telemetry_agg": _WINDOW,  # plus <field>.min, .mean, .max, .last floats
     "scores": {**_COMMON, "score": "float", "model": "str"},
+    "scores_agg": {**_WINDOW, "model": "str", "nonfinite": "int"}
+    | {f"score.{stat}": "float" for stat in ("min", "mean", "max", "last")},
     "alerts": {**_COMMON, "state": "str", "score": "float", "threshold": "float"}
     | {"model": "str", "reading": "any"},
 }

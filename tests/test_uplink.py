@@ -9,9 +9,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from gateway.wireformat import decode
+from gateway.batcher import Batch
+from gateway.spool import Record
+from gateway.spooler import records_for
+from gateway.telemetry import FEATURES
+from gateway.uplink import to_messages
+from gateway.wireformat import decode, encode
 from tests.ocistandin import StandIn, make_credentials
 
 from .conftest import Client, GatewayProc
@@ -119,3 +125,22 @@ def test_outage_throttling_and_5xx_lose_nothing(
     anywhere = {ts for m, _, _ in raw if m.kind == "telemetry" for ts in m.columns["ts"].tolist()}
     info = [(m.kind, m.seq_first, m.seq_last, m.count, p, o) for m, p, o in raw][:12]
     assert not missing, (sorted(missing)[:3], len(missing), len(missing & anywhere), info)
+
+
+def test_a_model_swap_that_changes_the_fields_starts_another_message() -> None:
+    """Records of one key whose telemetry has other fields cannot share columns."""
+
+    def record(seq: int, fields: int) -> Record:
+        v = np.ones((1, fields))
+        b = Batch(["l1/m"], [float(seq)], v, v.astype(np.float32), [{}], [], 0.0)
+        telemetry, _ = records_for("s", b, np.zeros(1, np.float32), "m@1", FEATURES[:fields], [])
+        return Record(seq, "telemetry", telemetry.key, 0.0, 1, telemetry.body)
+
+    records = [record(1, 5), record(2, 4), record(3, 4), record(4, 5)]
+    got = [(k, decode(encode(m))) for k, m in to_messages("s", "gw", "telemetry", records)]
+    assert [(k, m.seq_first, m.seq_last, m.count) for k, m in got] == [
+        ("s/l1", 1, 1, 1),
+        ("s/l1", 2, 3, 2),
+        ("s/l1", 4, 4, 1),
+    ]
+    assert ["speed" in m.columns for _, m in got] == [True, False, True]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,20 @@ def messages(draw: st.DrawFn, kind: str, size: st.SearchStrategy[int] | None = N
         for name in draw(st.lists(NAMES.filter(lambda s: s not in cols), max_size=4, unique=True)):
             ints = draw(st.booleans()) and draw(st.booleans())
             cols[name] = draw(st.lists(INT64, min_size=n, max_size=n) if ints else floats(n))
-    elif kind == "telemetry_agg":
+    elif kind.endswith("_agg"):
         cols["ts_end"] = draw(st.lists(TS, min_size=n, max_size=n))
+        cols["ts_last"] = draw(st.lists(TS, min_size=n, max_size=n))
         cols["count"] = draw(st.lists(st.integers(0, 2**31), min_size=n, max_size=n))
+        field = "temperature"
+        if kind == "scores_agg":
+            cols["model"] = draw(st.lists(st.sampled_from(MODELS), min_size=n, max_size=n))
+            cols["nonfinite"] = draw(st.lists(st.integers(0, 2**31), min_size=n, max_size=n))
+            field = "score"
         for stat in ("min", "mean", "max", "last"):
-            cols[f"temperature.{stat}"] = draw(floats(n))
+            nan = kind == "scores_agg" and draw(st.booleans())
+            cols[f"{field}.{stat}"] = draw(
+                st.lists(st.floats(), min_size=n, max_size=n) if nan else floats(n)
+            )
     elif kind == "scores":
         cols["score"] = np.array(draw(score32), dtype=np.float32)
         cols["model"] = draw(st.lists(st.sampled_from(MODELS), min_size=n, max_size=n))
@@ -211,6 +221,25 @@ def test_records_the_format_cannot_carry_are_refused(change: dict[str, Any], why
     fields |= {"columns": {"seq": [1], "machine": ["a"], "ts": [1.0]}}
     with pytest.raises(ValueError, match=why):
         encode(Message(**(fields | change)))
+
+
+def test_aggregate_kinds_need_their_columns() -> None:
+    row = {"seq": [3], "machine": ["a"], "ts": [60.0], "ts_end": [120.0], "ts_last": [61.5]}
+    row |= {"count": [2], "model": ["m@1"], "nonfinite": [1]}
+    row |= {f"score.{stat}": [0.5] for stat in ("min", "mean", "max")} | {"score.last": [math.nan]}
+    got = decode(encode(Message("s", "g", "scores_agg", 3, 3, row))).rows()
+    assert got[0]["nonfinite"] == 1
+    assert math.isnan(got[0]["score.last"])
+    with pytest.raises(ValueError, match="need columns"):
+        encode(
+            Message(
+                "s", "g", "scores_agg", 3, 3, {k: v for k, v in row.items() if k != "nonfinite"}
+            )
+        )
+    b = body(Message("s", "g", "scores_agg", 3, 3, row))
+    del b["cols"]["ts_last"]
+    with pytest.raises(WireFormatError, match="ts_last"):
+        decode(pack(b))
 
 
 # -- the byte limit -------------------------------------------------------------------------
