@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from gateway.batcher import Batch
+from gateway.config import load_settings
 from gateway.spool import Record
 from gateway.spooler import records_for
 from gateway.telemetry import FEATURES
-from gateway.uplink import to_messages
+from gateway.uplink import Uplink, make_stream_client, to_messages
 from gateway.wireformat import decode, encode
 from tests.ocistandin import StandIn, make_credentials
 
@@ -144,3 +145,34 @@ def test_a_model_swap_that_changes_the_fields_starts_another_message() -> None:
         ("s/l1", 4, 4, 1),
     ]
     assert ["speed" in m.columns for _, m in got] == [True, False, True]
+
+
+async def test_a_throttled_entry_waits_the_stated_delay_and_goes_again_alone(
+    cloud: tuple[Any, dict[str, str]],
+) -> None:
+    standin, env = cloud
+    settings = load_settings(
+        uplink={
+            "endpoint": env["EDGEGW_UPLINK__ENDPOINT"],
+            "stream_id": STREAM,
+            "oci_config": env["EDGEGW_UPLINK__OCI_CONFIG"],
+            "oci_profile": env["EDGEGW_UPLINK__OCI_PROFILE"],
+        }
+    )
+
+    class _NoSpool:  # the uplink only registers its windows with the spooler here
+        def __init__(self) -> None:
+            self.windows: dict[str, float] = {}
+
+    uplink = Uplink(settings, _NoSpool(), make_stream_client(settings))  # type: ignore[arg-type]
+    standin.faults.update(throttle_next=1, throttle_ms=1500)
+    entries = [("plant-7/line1", b"first"), ("plant-7/line2", b"second")]
+    started = time.monotonic()
+    await uplink._put_all(entries)
+    waited = time.monotonic() - started
+    assert waited >= 1.5, "the retry came before the delay the service stated"
+    puts = standin.request_log("PutMessages")
+    assert [r.status for r in puts] == [200, 200]
+    assert sorted(m.value for m in standin.messages(STREAM)) == [b"first", b"second"]
+    assert uplink.throttled == 1
+    assert uplink.sent_messages == 2  # each stored once: the second request held one entry
