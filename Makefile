@@ -36,11 +36,14 @@ test: $(STAMP) mosquitto lint
 demo: $(STAMP) mosquitto
 	$(BIN)/edge-gateway demo
 
+# The side-by-side harness (raw ceiling, naive script, gateway), then spool, drain and wirebytes;
+# a table, bench/results/latest.json and latency.png (the plot needs the `bench` extra); then a
+# model swap under load and the cost of an idle poll (bench/results/modelswap.json).
 bench: $(STAMP) mosquitto
-	$(BIN)/python bench/latency.py --rates 1000,2000,5000
-	$(BIN)/python bench/spool.py
-	$(BIN)/python bench/drain.py
-	$(BIN)/python bench/wirebytes.py
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/modelswap.py --duration 15
 
 # Rebuild the bundled default model from its recipe (byte-for-byte reproducible).
 model: $(STAMP)
