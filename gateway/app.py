@@ -194,6 +194,10 @@ class Gateway:
         except Exception:  # a bug, not bad input: keep the loop alive and say so loudly
             log.exception("ingest failed topic=%s", msg.topic)
             self._release(msg.ack)
+        if len(self.batcher) >= self.settings.ingest.max_pending:
+            # Enough queued: stop reading and let the broker hold the rest (QoS 1 waits there;
+            # brokers do not all honour the receive maximum), instead of growing without bound.
+            self.mqtt.pause_reading()
 
     def _release(self, token: object) -> None:
         if token is not None:
@@ -233,8 +237,14 @@ class Gateway:
                 if not len(batcher):
                     return  # closed and flushed
                 self._in_flight = True
+                batch = batcher.take()
+                if (
+                    self.mqtt.reading_paused
+                    and len(batcher) < self.settings.ingest.max_pending // 2
+                ):
+                    self.mqtt.resume_reading()
                 try:
-                    await self._score(batcher.take())
+                    await self._score(batch)
                 finally:
                     self._in_flight = False
                 if self._swap is not None:

@@ -48,7 +48,11 @@ class Batcher:
         self._rows: list[list[float]] = []
         self._raw: list[dict[str, Any]] = []
         self._arrived: list[float] = []
-        self._tokens: deque[tuple[int, object]] = deque()  # (rows before it is released, token)
+        # (readings added in all before it is released, token): absolute counts, so taking a
+        # batch costs the batch, not everything queued behind it.
+        self._tokens: deque[tuple[int, object]] = deque()
+        self._added = 0
+        self._taken = 0
         self._waiter: asyncio.Future[None] | None = None
         self._wanted = 1
         self._closed = False
@@ -64,12 +68,13 @@ class Batcher:
         self._rows.append(row)
         self._raw.append(raw)
         self._arrived.append(arrived)
+        self._added += 1
         if self._waiter is not None and len(self._machines) >= self._wanted:
             self._wake()
 
     def mark(self, token: object) -> None:
         """Release ``token`` once every reading added so far has been taken and handled."""
-        self._tokens.append((len(self._machines), token))
+        self._tokens.append((self._added, token))
 
     def set_features(self, n_features: int) -> None:
         self._n_features = n_features
@@ -112,12 +117,11 @@ class Batcher:
             raw, arrived = self._raw[:n], self._arrived[:n]
             for pending in (self._machines, self._ts, self._rows, self._raw, self._arrived):
                 del pending[:n]
+        self._taken += n
         tokens: list[object] = []
         queue = self._tokens
-        while queue and queue[0][0] <= n:
+        while queue and queue[0][0] <= self._taken:
             tokens.append(queue.popleft()[1])
-        if queue:
-            self._tokens = deque((pos - n, token) for pos, token in queue)
         values = np.array(rows, dtype=np.float64).reshape(n, self._n_features)
         return Batch(machines, ts, values, values.astype(np.float32), raw, tokens, arrived[0])
 

@@ -61,9 +61,9 @@ class MqttSection(_Section):
 class IngestSection(_Section):
     require_ts: bool = True
     max_readings_per_message: int = Field(default=10_000, ge=1)
-    max_pending: int = Field(
-        default=200_000, ge=1, description="readings queued before QoS 0 input is shed"
-    )
+    # Readings queued for the scorer before the gateway stops reading from the broker (QoS 1
+    # readings wait there) and sheds QoS 0 readings already read; reading resumes at half.
+    max_pending: int = Field(default=20_000, ge=2)
 
 
 def _default_data_dir() -> Path:

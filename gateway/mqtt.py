@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,84 @@ log = logging.getLogger(__name__)
 
 _CONNACK_TIMEOUT = 10.0
 _READS_PER_WAKE = 256  # packets read per readable event before yielding to other tasks
+_RECV_SIZE = 256 * 1024  # bytes asked of the kernel per read
+_SEND_BUFFER_MAX = 1 << 20  # bytes of packets held for one send before paho is told to wait
+
+
+class _BufferedClient(paho.Client):
+    """paho.Client with its socket reads and writes batched.
+
+    paho reads a packet in three or four ``recv`` calls (the command byte, each length byte, the
+    rest) and writes each packet with its own ``send``: with many small messages those system
+    calls were most of the gateway's CPU. Here one ``recv`` takes what the kernel holds and paho's
+    small reads are served from memory, and the packets of one ``loop_write`` leave in one
+    ``send``. This overrides paho's private ``_sock_recv``, ``_sock_send``, ``_packet_write`` and
+    ``_sock_close``
+    (paho-mqtt 2.x; tests/test_mqtt.py pins the behaviour). Whoever drives the socket must call
+    ``loop_read`` again while ``buffered()`` is non-zero: the selector cannot see those bytes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self._wbuf = bytearray()
+
+    def buffered(self) -> int:
+        """Bytes received and not yet handed to paho (TLS: decrypted bytes pending too)."""
+        pending = len(self._rbuf) - self._rpos
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket):
+            pending += sock.pending()
+        return pending
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(_RECV_SIZE)
+            if len(data) <= bufsize:  # end of stream (b""), or no more than was asked for
+                return data
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = end = min(start + bufsize, len(self._rbuf))
+        return self._rbuf[start:end]
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if len(self._wbuf) >= _SEND_BUFFER_MAX:
+            self.send_buffered()
+            if len(self._wbuf) >= _SEND_BUFFER_MAX:
+                raise BlockingIOError  # paho keeps the packet and tries again when writable
+        self._wbuf += buf
+        return len(buf)
+
+    def send_buffered(self) -> None:
+        """Hand the kernel what paho wrote; what it cannot take now waits for ``want_write``."""
+        if not self._wbuf or self._sock is None:
+            return
+        try:
+            sent = self._sock.send(self._wbuf)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except OSError as exc:  # the connection is gone: the read side will notice and say so
+            log.debug("send failed error=%s", exc)
+            self._wbuf.clear()
+            return
+        del self._wbuf[:sent]
+
+    def _packet_write(self) -> MQTTErrorCode:
+        # Inside loop_write, so that its bookkeeping (want_write, the write registration)
+        # sees what the kernel took.
+        rc = super()._packet_write()
+        self.send_buffered()
+        return rc
+
+    def want_write(self) -> bool:
+        return bool(self._wbuf) or super().want_write()
+
+    def _sock_close(self) -> None:
+        self.send_buffered()  # paho closes right after writing DISCONNECT: let it leave first
+        self._rbuf, self._rpos = b"", 0  # never feed one connection's bytes to the next
+        self._wbuf.clear()
+        super()._sock_close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +146,7 @@ class MqttClient:
         self._settings = settings.mqtt
         self._on_message_cb = on_message
         self._on_connect_cb = on_connect
-        self._client = paho.Client(
+        self._client = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=paho.MQTTv5,
@@ -100,6 +179,7 @@ class MqttClient:
         self._closing = False
         self._writer: Any = None  # the socket while a writer waits for it to drain
         self._flush_scheduled = False
+        self._paused = False  # reading stopped: the consumer has enough to do
         self.delivered = 0
         self.reconnects = 0
         self.will_on_close = False
@@ -298,11 +378,33 @@ class MqttClient:
     def _readable(self) -> None:
         client = self._client
         for _ in range(_READS_PER_WAKE):
-            before = self.delivered
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if self._paused or client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
-            if self.delivered == before:  # nothing new: the socket is drained (or a control packet)
+            if not client.buffered():  # the kernel's bytes are all read: the selector wakes us
                 return
+        assert self._loop is not None
+        self._loop.call_soon(self._readable)  # more is buffered: after the other tasks' turn
+
+    def pause_reading(self) -> None:
+        """Stop reading from the broker (QoS 1 messages wait there) until ``resume_reading``.
+        A pause longer than the keep-alive makes paho drop and re-open the connection."""
+        if not self._paused:
+            self._paused = True
+            sock = self._client.socket()
+            if sock is not None and self._loop is not None:
+                self._loop.remove_reader(sock)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            sock = self._client.socket()
+            if sock is not None and self._loop is not None:
+                self._loop.add_reader(sock, self._readable)
+                self._loop.call_soon(self._readable)  # bytes may wait in the buffer
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
 
     def flush(self) -> None:
         """Write what paho has queued now (scores, acks), not on a later turn of the loop.
@@ -350,7 +452,8 @@ class MqttClient:
         # paho leaves Nagle on: a score would wait for the broker's next packet (up to 40 ms).
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._in_loop(self._loop.add_reader, sock, self._readable)
+        if not self._paused:
+            self._in_loop(self._loop.add_reader, sock, self._readable)
 
     def _socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
