@@ -19,6 +19,8 @@ from .errors import ConfigError
 
 __all__ = ["main"]
 
+_SWITCH_INTERVAL = 0.0005  # seconds; see _run
+
 
 class _KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -60,6 +62,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log.level, settings.log.format)
+
+    # The spool, the uplink and the model poller run in threads; when one of them holds the GIL
+    # the event loop waits up to the switch interval for it (5 ms by default, many times per
+    # score under load). Half a millisecond cut the p99 publish-to-score latency at 1,000
+    # readings/s from 17 to 3.6 ms (bench/compare.py, uplink on).
+    sys.setswitchinterval(_SWITCH_INTERVAL)
 
     async def main() -> None:
         stop = asyncio.Event()
