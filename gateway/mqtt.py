@@ -57,6 +57,31 @@ class _BufferedClient(paho.Client):
         self._rbuf = b""
         self._rpos = 0
         self._wbuf = bytearray()
+        # (topic, payload, qos, packet id) for a QoS 0/1 PUBLISH without properties: paho's own
+        # path builds an MQTTMessage, a Properties object and a debug line for each.
+        self.on_plain_publish: Callable[[str, bytes, int, int], None] | None = None
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        handle = self.on_plain_publish
+        command = self._in_packet["command"]
+        qos = (command & 0x06) >> 1
+        if handle is None or qos == 2 or self._protocol != paho.MQTTv5:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        try:
+            end = 2 + int.from_bytes(packet[0:2], "big")
+            topic = packet[2:end].decode("utf-8")
+            mid = 0
+            if qos:
+                mid = int.from_bytes(packet[end : end + 2], "big")
+                end += 2
+            properties = packet[end]
+        except (IndexError, UnicodeDecodeError):
+            return super()._handle_publish()  # paho reports what is wrong with it
+        if properties or not topic:  # properties (a topic alias, user properties): paho's path
+            return super()._handle_publish()
+        handle(topic, bytes(packet[end + 1 :]), qos, mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def buffered(self) -> int:
         """Bytes received and not yet handed to paho (TLS: decrypted bytes pending too)."""
@@ -163,6 +188,7 @@ class MqttClient:
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
+        c.on_plain_publish = self._handle_plain
         c.on_publish = self._handle_publish
         c.on_socket_open = self._socket_open
         c.on_socket_close = self._socket_close
@@ -367,6 +393,12 @@ class MqttClient:
         assert self._loop is not None
         ack = Ack(self._generation, msg.mid) if msg.qos else None
         self._on_message_cb(Message(msg.topic, bytes(msg.payload), msg.qos, ack, self._loop.time()))
+
+    def _handle_plain(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+        self.delivered += 1
+        assert self._loop is not None
+        ack = Ack(self._generation, mid) if qos else None
+        self._on_message_cb(Message(topic, payload, qos, ack, self._loop.time()))
 
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties

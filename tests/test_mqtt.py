@@ -8,6 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.config import load_settings
 from gateway.localbroker import LocalBroker
@@ -81,3 +85,35 @@ async def test_a_paused_reader_leaves_messages_with_the_broker(
         mqtt.resume_reading()
         await _until(lambda: len(got) == 200)
         assert [orjson.loads(m.payload)["i"] for m in got] == list(range(200))
+
+
+async def test_publishes_with_and_without_properties_both_arrive(
+    own_broker: LocalBroker, tmp_path: Path
+) -> None:
+    got: list[Message] = []
+    mqtt = MqttClient(_settings(own_broker, tmp_path, "m3"), got.append)  # type: ignore[arg-type]
+    async with mqtt:
+        await mqtt.wait_connected(10)
+        mqtt.subscribe("t/#", 1)
+        await asyncio.sleep(0.3)
+        pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        pub.connect(own_broker.host, own_broker.port)
+        pub.loop_start()
+        try:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = ("line", "1")
+            props.ContentType = "application/json"
+            pub.publish("t/plain/ü", b"one", qos=1).wait_for_publish(5)
+            pub.publish("t/props", b"two", qos=1, properties=props).wait_for_publish(5)
+            pub.publish("t/qos0", b"three", qos=0).wait_for_publish(5)
+            await _until(lambda: len(got) == 3)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        ("t/plain/ü", b"one", 1),
+        ("t/props", b"two", 1),
+        ("t/qos0", b"three", 0),
+    ]
+    assert got[0].ack is not None
+    assert got[2].ack is None
