@@ -24,7 +24,7 @@ from .modelsync import ModelSync
 from .modelwatch import Shadow
 from .mqtt import Ack, Message, MqttClient
 from .scoring import Scorer
-from .spooler import Spooler, open_spool, records_for
+from .spooler import Scored, Spooler, open_spool
 from .uplink import Uplink, make_stream_client
 
 __all__ = ["Gateway"]
@@ -406,10 +406,8 @@ class Gateway:
         self.metrics.alerts_active.set(self.alerts.active)
         self.mqtt.flush()  # scores and alerts leave now; storing them must not delay them
         assert self.spooler is not None
-        records = records_for(
-            self.settings.gateway.site, batch, scores, label, scorer.features, changes
-        )
-        self.spooler.put(records, batch.tokens)  # acknowledged once on disk
+        scored = Scored(self.settings.gateway.site, batch, scores, label, scorer.features, changes)
+        self.spooler.put_scored(scored, batch.tokens)  # acknowledged once on disk
         self.scored += len(batch)
 
     def _reject_batch(self, batch: Batch, reason: str) -> None:

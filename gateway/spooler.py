@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .spool import LaneConfig, Spool, SpoolFull, SpoolUnavailable
 
 __all__ = ["Spooler", "Stored", "columns_of", "decode_body", "group_of", "open_spool"]
-__all__ += ["records_for", "split_by_window"]
+__all__ += ["Scored", "merged_records", "records_for", "split_by_window"]
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,67 @@ def split_by_window(record: Stored, window: float) -> list[Stored]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A scored batch on its way to the spool: made into rows on the spool's thread, where the
+    batches of one group commit that share a model and features become one row per lane and
+    machine group (fewer, larger rows: less work for SQLite, the uplink and the event loop)."""
+
+    site: str
+    batch: Batch
+    scores: npt.NDArray[np.float32]
+    label: str
+    features: tuple[str, ...]
+    alerts: Sequence[tuple[Alert, dict[str, Any]]]
+
+    def joins(self, other: Scored) -> bool:
+        return (self.site, self.label, self.features) == (other.site, other.label, other.features)
+
+
+def merged_records(run: Sequence[Scored]) -> list[Stored]:
+    """The spool rows of consecutive scored batches that ``join``: as if they were one batch."""
+    first = run[0]
+    if len(run) == 1:
+        return records_for(
+            first.site, first.batch, first.scores, first.label, first.features, first.alerts
+        )
+    values = np.concatenate([sc.batch.values for sc in run])
+    batch = Batch(
+        machines=[m for sc in run for m in sc.batch.machines],
+        ts=[t for sc in run for t in sc.batch.ts],
+        values=values,
+        features=values.astype(np.float32),
+        raw=[],
+        tokens=[],
+        oldest=first.batch.oldest,
+    )
+    scores = np.concatenate([sc.scores for sc in run])
+    alerts = [a for sc in run for a in sc.alerts]
+    return records_for(first.site, batch, scores, first.label, first.features, alerts)
+
+
 @dataclass
 class _Group:
     records: list[Stored] = field(default_factory=list)
     tokens: list[object] = field(default_factory=list)
+    scored: Scored | None = None
+
+
+def _rows(groups: Sequence[_Group]) -> list[Stored]:
+    """The rows of queued groups, in order; runs of joining scored batches merged."""
+    out: list[Stored] = []
+    run: list[Scored] = []
+    for g in groups:
+        breaks = g.records or (g.scored is not None and run and not run[0].joins(g.scored))
+        if run and breaks:
+            out += merged_records(run)
+            run = []
+        out += g.records
+        if g.scored is not None:
+            run.append(g.scored)
+    if run:
+        out += merged_records(run)
+    return out
 
 
 class Spooler:
@@ -210,7 +267,16 @@ class Spooler:
         return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def put(self, records: list[Stored], tokens: list[object]) -> None:
+        """Store ``records``, then release ``tokens``."""
         self._queue.append(_Group(records, tokens))
+        self._queued(tokens)
+
+    def put_scored(self, scored: Scored, tokens: list[object]) -> None:
+        """Store a scored batch (its rows are made on the spool's thread), then release."""
+        self._queue.append(_Group([], tokens, scored))
+        self._queued(tokens)
+
+    def _queued(self, tokens: list[object]) -> None:
         self.held_tokens += len(tokens)
         if self._wakeup is not None:
             self._wakeup.set()
@@ -246,10 +312,9 @@ class Spooler:
 
     async def _commit_queued(self) -> None:
         groups, self._queue = self._queue, []
-        records = [r for g in groups for r in g.records]
         start = time.perf_counter()
         try:
-            await self.run_in_thread(self._write, records)
+            records = await self.run_in_thread(self._write, groups)
         except (SpoolFull, sqlite3.Error) as exc:
             if self._closed:
                 log.warning(
@@ -271,14 +336,16 @@ class Spooler:
         if self.blocked:
             log.info("spool has room again, acknowledging")
             self.blocked = False
-        self._on_commit(len(records), time.perf_counter() - start)
+        self._on_commit(records, time.perf_counter() - start)
         for g in groups:
             for token in g.tokens:
                 self._release(token)
             self.held_tokens -= len(g.tokens)
 
-    def _write(self, records: list[Stored]) -> None:
+    def _write(self, groups: list[_Group]) -> int:
+        """Make and commit the rows of ``groups``; returns how many (spool thread)."""
         now = time.time()
+        records = _rows(groups)
         for record in records:
             window = self.windows.get(record.lane)
             for r in split_by_window(record, window) if window else (record,):
@@ -288,6 +355,7 @@ class Spooler:
         except BaseException:
             self.spool.discard_pending()  # the caller keeps the batches and tries again
             raise
+        return len(records)
 
     def close(self) -> None:
         """Stop after committing what is queued (``run`` returns then)."""
