@@ -38,12 +38,14 @@ demo: $(STAMP) mosquitto
 
 # The side-by-side harness (raw ceiling, naive script, gateway), then spool, drain and wirebytes;
 # a table, bench/results/latest.json and latency.png (the plot needs the `bench` extra); then a
-# model swap under load and the cost of an idle poll (bench/results/modelswap.json).
+# model swap under load and the cost of an idle poll (bench/results/modelswap.json); the
+# gateway's memory while a 1,000,000-reading backlog sits in the spool (backlog.json).
 bench: $(STAMP) mosquitto
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
 	  $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/compare.py
 	$(BIN)/python bench/modelswap.py --duration 15
+	$(BIN)/python bench/backlog.py
 
 # Rebuild the bundled default model from its recipe (byte-for-byte reproducible).
 model: $(STAMP)

@@ -44,6 +44,9 @@ _REQUEST_MAX = 1_000_000  # bytes of keys and values in one PutMessages request
 _MESSAGE_MAX = 950_000  # bytes of one message's value, leaving room for its key
 _LINGER_BYTES = 256 << 10  # spool bytes of a lane worth a message without waiting
 _WAIT_MS = re.compile(r"in (\d+) ms")
+# Spool bytes read per pass: a request carries 1 MB at most, and a pass's records become Python
+# columns many times their size (4 MiB of scores peaked at 62 MiB of heap; bench/backlog.py).
+_READ_BYTES = 1 << 20
 
 
 class UplinkUnavailable(TransientError):
@@ -183,7 +186,7 @@ class Uplink:
             for lane in spool.lanes_by_priority():
                 if time.time() < self._rest.get(lane, 0.0):
                     continue
-                records = await self._spooler.run_in_thread(spool.oldest, lane, 4 << 20)
+                records = await self._spooler.run_in_thread(spool.oldest, lane, _READ_BYTES)
                 if not records:
                     continue
                 if lane in self._windows:
