@@ -35,9 +35,12 @@ _DEADLETTER_PAYLOAD_MAX = 64 * 1024
 
 
 def _json(obj: Any) -> bytes:
-    return orjson.dumps(
-        obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    )
+    try:
+        return orjson.dumps(
+            obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        )
+    except TypeError:  # nested deeper than orjson goes (a reading may carry anything extra)
+        return orjson.dumps({"unencodable": repr(obj)[:_DEADLETTER_PAYLOAD_MAX]})
 
 
 def _plain(reading: dict[Any, Any]) -> dict[str, Any]:
@@ -235,14 +238,12 @@ class Gateway:
             while True:
                 await batcher.wait()
                 if not len(batcher):
-                    return  # closed and flushed
+                    if batcher.closed:
+                        return  # closed and flushed
+                    continue  # a swap scored what woke us
                 self._in_flight = True
                 batch = batcher.take()
-                if (
-                    self.mqtt.reading_paused
-                    and len(batcher) < self.settings.ingest.max_pending // 2
-                ):
-                    self.mqtt.resume_reading()
+                self._maybe_resume()
                 try:
                     await self._score(batch)
                 finally:
@@ -275,9 +276,19 @@ class Gateway:
         if shadow is not None and not shadow.done.is_set():
             features, keep = shadow.features_for(batch)
             if shadow.candidate.recent_call_seconds < self.settings.scoring.inline_below:
-                shadow.observe(features, keep, scores)
+                finished = shadow.observe(features, keep, scores)
             else:
-                await loop.run_in_executor(self._executor, shadow.observe, features, keep, scores)
+                finished = await loop.run_in_executor(
+                    self._executor, shadow.observe, features, keep, scores
+                )
+            if finished:
+                shadow.done.set()  # on the loop's thread: asyncio events are not thread-safe
+
+    def _maybe_resume(self) -> None:
+        """Read from the broker again once the queue is down to half its bound."""
+        assert self.batcher is not None
+        if self.mqtt.reading_paused and len(self.batcher) < self.settings.ingest.max_pending // 2:
+            self.mqtt.resume_reading()
 
     def _score_inline(self, batch: Batch) -> None:
         """The same, on the loop thread, without a shadow (only to flush before a swap)."""
@@ -341,6 +352,7 @@ class Gateway:
             # and now (no await, so nothing arrives in between), then the layout changes.
             while len(self.batcher):
                 self._score_inline(self.batcher.take())
+            self._maybe_resume()
             self.ingest.features = FeatureMap(
                 scorer.features, require_ts=self.settings.ingest.require_ts
             )

@@ -79,6 +79,10 @@ class Batcher:
     def set_features(self, n_features: int) -> None:
         self._n_features = n_features
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Stop waiting for more: ``wait`` returns at once from now on (to flush on shutdown)."""
         self._closed = True

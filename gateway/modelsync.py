@@ -80,6 +80,15 @@ class Event:
         return body
 
 
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole bundle whose file matches its manifest."""
+    try:
+        load_bundle(folder)
+    except ModelError:
+        return False
+    return True
+
+
 class ModelSync:
     """Boots the model, then (with a source) polls, validates, swaps, shadows and rolls back."""
 
@@ -138,8 +147,9 @@ class ModelSync:
             try:
                 scorer = self._load(self.cache.path(version), version)
             except ModelError as exc:
-                log.warning("cached model refused version=%s reason=%s", version, exc)
-                self.cache.mark_bad(version, f"cached copy refused at boot: {exc}")
+                # Skipped, not condemned: a wrong key file or a full disk must not delete a
+                # good cache; a copy that is really damaged is fetched again when LATEST names it.
+                log.warning("cached model skipped at boot version=%s reason=%s", version, exc)
                 continue
             log.info("model from cache model=%s", scorer.label)
             self._set_previous(version)
@@ -218,6 +228,18 @@ class ModelSync:
         self.polls["changed"] += 1
         version = latest.version
         self.latest = version
+        shadow = self.shadow
+        if shadow is not None and shadow.candidate.manifest.version != version:
+            self.shadow = None  # withdrawn or replaced: it must not be promoted later
+            target.set_shadow(None)
+            self._report(
+                target,
+                Event(
+                    "shadow_rejected",
+                    shadow.candidate.manifest.version,
+                    f"superseded: LATEST names {version} now",
+                ),
+            )
         live = target.scorer
         if live is not None and self._is_live(live, version):
             self.etag = latest.etag
@@ -257,8 +279,11 @@ class ModelSync:
     async def _prepare(self, store: ModelStore, version: str, target: SwapTarget) -> Scorer:
         if version in _BAD_VERSIONS or "/" in version or not version:
             raise ModelError(f"LATEST names {version!r}, which is not a version")
+        incoming = self.cache.root / ".incoming" / version
         if (self.cache.path(version) / MANIFEST_NAME).exists():
-            directory = self.cache.path(version)  # known good once: no download
+            directory = self.cache.path(version)  # fetched before: no download
+        elif await asyncio.to_thread(_complete, incoming):
+            directory = incoming  # fetched at an earlier poll, waiting for its fields
         else:
             directory = await asyncio.to_thread(self._download, store, version)
         scorer = await asyncio.to_thread(self._load_checked, directory, version)
@@ -383,8 +408,8 @@ class ModelSync:
 
     async def _rollback(self, target: SwapTarget, why: str) -> None:
         live = target.scorer
-        self.watch.reset()
         if live is None:
+            self.watch.reset()
             return
         failing = live.manifest.version
         from_cache = self.cache.holds(live)
@@ -401,12 +426,16 @@ class ModelSync:
                 log.error(
                     "live model failing, nothing to roll back to model=%s why=%s", live.label, why
                 )
+                self.watch.reset()
                 self._report(target, Event("rollback_failed", failing, why))
                 return
             scorer = await asyncio.to_thread(self._load, default_bundle_dir(), None)
         if from_cache:
             await asyncio.to_thread(self.cache.mark_bad, failing, f"rolled back: {why}")
         await target.swap_model(scorer)
+        # Only now: the failing model kept failing while the previous one loaded, and those
+        # failures must not count against the model that replaces it.
+        self.watch.reset()
         self.rollbacks += 1
         if self.cache.holds(scorer):
             self._set_previous(scorer.manifest.version)

@@ -109,8 +109,9 @@ class Shadow:
         features: npt.NDArray[np.float32],
         keep: npt.NDArray[np.bool_],
         live: npt.NDArray[np.float32],
-    ) -> None:
-        """Score ``features`` with the candidate (blocking) and fold the result in."""
+    ) -> bool:
+        """Score ``features`` with the candidate (blocking) and fold the result in; True once
+        the shadow stage has seen enough (the caller sets ``done`` on the loop's thread)."""
         if len(features):
             try:
                 scores = self.candidate.score(features)
@@ -119,8 +120,7 @@ class Shadow:
                 self.last_error = str(exc)
             else:
                 self.fold(scores, live[keep])
-        if self.seen >= self.readings and time.monotonic() - self.started >= self.seconds:
-            self.done.set()
+        return self.seen >= self.readings and time.monotonic() - self.started >= self.seconds
 
     def fold(self, scores: npt.NDArray[np.float32], live: npt.NDArray[np.float32]) -> None:
         self.seen += len(scores)

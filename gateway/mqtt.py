@@ -83,6 +83,17 @@ class _BufferedClient(paho.Client):
         handle(topic, bytes(packet[end + 1 :]), qos, mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def read_packet(self) -> MQTTErrorCode:
+        """Read and handle at most one packet. paho's ``loop_read`` reads as many as there are
+        QoS 1 messages of ours in flight, which could hand ingest thousands of readings in one
+        call, past a pause and past the per-wake limit."""
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        rc = self._packet_read()
+        if rc > 0:
+            return self._loop_rc_handle(rc)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS  # a packet, or nothing more to read (AGAIN)
+
     def buffered(self) -> int:
         """Bytes received and not yet handed to paho (TLS: decrypted bytes pending too)."""
         pending = len(self._rbuf) - self._rpos
@@ -410,7 +421,7 @@ class MqttClient:
     def _readable(self) -> None:
         client = self._client
         for _ in range(_READS_PER_WAKE):
-            if self._paused or client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if self._paused or client.read_packet() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
             if not client.buffered():  # the kernel's bytes are all read: the selector wakes us
                 return

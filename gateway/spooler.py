@@ -345,12 +345,12 @@ class Spooler:
     def _write(self, groups: list[_Group]) -> int:
         """Make and commit the rows of ``groups``; returns how many (spool thread)."""
         now = time.time()
-        records = _rows(groups)
-        for record in records:
-            window = self.windows.get(record.lane)
-            for r in split_by_window(record, window) if window else (record,):
-                self.spool.append(r.lane, r.key, r.body, r.count, now)
         try:
+            records = _rows(groups)
+            for record in records:
+                window = self.windows.get(record.lane)
+                for r in split_by_window(record, window) if window else (record,):
+                    self.spool.append(r.lane, r.key, r.body, r.count, now)
             self.spool.commit()
         except BaseException:
             self.spool.discard_pending()  # the caller keeps the batches and tries again

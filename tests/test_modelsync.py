@@ -505,3 +505,25 @@ def test_an_unreadable_public_key_stops_start_up_naming_the_key(
     assert gw.proc is not None
     assert gw.proc.wait(30) == 2
     assert "model.public_key [EDGEGW_MODEL__PUBLIC_KEY]: cannot read public key" in gw.log
+
+
+def test_a_candidate_in_shadow_is_dropped_when_latest_moves_away(
+    repo: Repo, site_factory: Any
+) -> None:
+    site = site_factory(repo.url, EDGEGW_MODEL__SHADOW_READINGS="5")
+    site.score_one()
+    repo.bundle("2.0.0")
+    repo.promote("2.0.0")
+    site.wait_event("shadow_started", "2.0.0")
+    repo.promote("9.9.9")  # withdrawn: LATEST now names a version that is not there yet
+    site.client.wait_for(
+        lambda: any(
+            (e := r.get("last_event") or {}).get("event") == "shadow_rejected"
+            and e.get("version") == "2.0.0"
+            and "superseded" in e.get("reason", "")
+            for r in site.client.on(site.topic)
+        )
+    )
+    for _ in range(10):  # more than the shadow stage needed: the withdrawn candidate stays out
+        assert site.score_one()["model"] == "machine-health@1.0.0"
+    assert site.report()["shadow"] is None
