@@ -197,7 +197,7 @@ class Gateway:
         except Exception:  # a bug, not bad input: keep the loop alive and say so loudly
             log.exception("ingest failed topic=%s", msg.topic)
             self._release(msg.ack)
-        if len(self.batcher) >= self.settings.ingest.max_pending:
+        if self._waiting() >= self.settings.ingest.max_pending:
             # Enough queued: stop reading and let the broker hold the rest (QoS 1 waits there;
             # brokers do not all honour the receive maximum), instead of growing without bound.
             self.mqtt.pause_reading()
@@ -284,10 +284,16 @@ class Gateway:
             if finished:
                 shadow.done.set()  # on the loop's thread: asyncio events are not thread-safe
 
-    def _maybe_resume(self) -> None:
-        """Read from the broker again once the queue is down to half its bound."""
+    def _waiting(self) -> int:
+        """Readings taken from the broker and not yet stored: queued for the scorer, or scored
+        and waiting for the spool (which holds them while a ``block`` lane is full)."""
         assert self.batcher is not None
-        if self.mqtt.reading_paused and len(self.batcher) < self.settings.ingest.max_pending // 2:
+        held = self.spooler.held_readings if self.spooler is not None else 0
+        return len(self.batcher) + held
+
+    def _maybe_resume(self) -> None:
+        """Read from the broker again once what waits is down to half the bound."""
+        if self.mqtt.reading_paused and self._waiting() < self.settings.ingest.max_pending // 2:
             self.mqtt.resume_reading()
 
     def _score_inline(self, batch: Batch) -> None:
@@ -510,6 +516,8 @@ class Gateway:
     def _on_commit(self, records: int, seconds: float) -> None:
         self.metrics.spool_commit_seconds.observe(seconds)
         self.metrics.spool_commit_records.observe(records)
+        if self.batcher is not None:
+            self._maybe_resume()  # the spool took what it held: there may be room again
 
     def _register_metrics(self) -> None:
         m = self.metrics

@@ -260,6 +260,7 @@ class Spooler:
         self._closed = False
         self.blocked = False  # a block lane is full: acknowledgements are held
         self.held_tokens = 0
+        self.held_readings = 0  # scored readings queued or waiting for room, not yet stored
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gateway.spool")
 
     def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
@@ -274,6 +275,7 @@ class Spooler:
     def put_scored(self, scored: Scored, tokens: list[object]) -> None:
         """Store a scored batch (its rows are made on the spool's thread), then release."""
         self._queue.append(_Group([], tokens, scored))
+        self.held_readings += len(scored.batch)
         self._queued(tokens)
 
     def _queued(self, tokens: list[object]) -> None:
@@ -322,7 +324,7 @@ class Spooler:
                     "broker delivers them again",
                     len(groups),
                 )
-                self.held_tokens = 0
+                self.held_tokens = self.held_readings = 0
                 return
             if not self.blocked:
                 log.warning(
@@ -336,11 +338,14 @@ class Spooler:
         if self.blocked:
             log.info("spool has room again, acknowledging")
             self.blocked = False
-        self._on_commit(records, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
         for g in groups:
             for token in g.tokens:
                 self._release(token)
             self.held_tokens -= len(g.tokens)
+            if g.scored is not None:
+                self.held_readings -= len(g.scored.batch)
+        self._on_commit(records, seconds)  # after the counts: it may resume reading
 
     def _write(self, groups: list[_Group]) -> int:
         """Make and commit the rows of ``groups``; returns how many (spool thread)."""

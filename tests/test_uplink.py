@@ -176,3 +176,40 @@ async def test_a_throttled_entry_waits_the_stated_delay_and_goes_again_alone(
     assert sorted(m.value for m in standin.messages(STREAM)) == [b"first", b"second"]
     assert uplink.throttled == 1
     assert uplink.sent_messages == 2  # each stored once: the second request held one entry
+
+
+@pytest.mark.slow
+def test_a_full_block_lane_stops_reading_and_loses_nothing(
+    cloud: tuple[StandIn, dict[str, str]],
+    gateway_factory: Callable[..., GatewayProc],
+    client_factory: Callable[..., Client],
+) -> None:
+    standin, env = cloud
+    standin.outage()  # nothing leaves: the spool fills
+    gw = gateway_factory(
+        **env,
+        EDGEGW_SPOOL__BUDGET="64KiB",  # telemetry's share: about 600 readings
+        EDGEGW_SPOOL__TELEMETRY_WHEN_FULL="block",
+        EDGEGW_SPOOL__SCORES_WHEN_FULL="block",
+        EDGEGW_SPOOL__RETRY="0.2",
+        EDGEGW_INGEST__MAX_PENDING="200",
+    )
+    pub = client_factory()
+    rows = readings(1500, machines=2)
+    for a, b in zip(rows[0], rows[1], strict=True):
+        pub.publish_async(f"{gw.telemetry}/line1/press-01", a)
+        pub.publish_async(f"{gw.telemetry}/line2/pump-02", b)
+    deadline = time.monotonic() + 30
+    while gw.metric("gateway_spool_blocked") < 1:  # the declared policy: hold, do not drop
+        assert time.monotonic() < deadline, (gw.health(), gw.metrics()[-3000:])
+        time.sleep(0.2)
+    time.sleep(2.0)
+    received = gw.metric("gateway_readings_received_total")
+    time.sleep(1.0)
+    assert gw.metric("gateway_readings_received_total") == received, "reading paused"
+    assert received < 3000, "the rest waits in the broker"
+    assert gw.metric("gateway_spool_dropped_records_total") == 0
+    standin.recover()
+    telemetry = wait_arrived(standin, "telemetry", 3000, timeout=120)
+    sent = {(r["ts"], r["vibration"]) for r in rows[0] + rows[1]}
+    assert {(t["ts"], t["vibration"]) for t in telemetry.values()} == sent
