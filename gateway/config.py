@@ -61,8 +61,9 @@ class MqttSection(_Section):
 class IngestSection(_Section):
     require_ts: bool = True
     max_readings_per_message: int = Field(default=10_000, ge=1)
-    # Readings queued for the scorer before the gateway stops reading from the broker (QoS 1
-    # readings wait there) and sheds QoS 0 readings already read; reading resumes at half.
+    # Readings waiting (for the scorer, or for room in a full block spool lane) before the
+    # gateway stops reading from the broker (QoS 1 readings wait there) and sheds QoS 0
+    # readings already read; reading resumes at half.
     max_pending: int = Field(default=20_000, ge=2)
 
 
