@@ -145,16 +145,26 @@ class GatewayProcess:
         return totals
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def log_problems(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [
-            f"gateway: {line}"
-            for line in text.splitlines()
-            if " WARNING " in line or " ERROR " in line or "Traceback" in line
-        ][:20]
+        return log_problems(self.log_path, "gateway")
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a process's log ("" if it wrote none)."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def log_problems(path: Path, name: str) -> list[str]:
+    """A process's WARNING, ERROR and traceback lines (the first 20), named."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return [
+        f"{name}: {line}"
+        for line in text.splitlines()
+        if " WARNING " in line or " ERROR " in line or "Traceback" in line
+    ][:20]
 
 
 class ScoreCollector:
@@ -343,6 +353,12 @@ def run_loadgen(
         "--qos",
         str(args.qos),
     ]
+    return follow_loadgen(cmd, on_measuring)
+
+
+def follow_loadgen(cmd: list[str], on_measuring: Callable[[], None]) -> dict[str, Any]:
+    """Run a load generator command to the end; call ``on_measuring()`` as its window opens;
+    return its ``done`` event."""
     # Its own session: Ctrl-C reaches only this process, which then stops the generator.
     with subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True

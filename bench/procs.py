@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from latency import process_cpu_seconds
+from latency import log_problems, log_tail, process_cpu_seconds
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,16 +122,10 @@ class Proc:
                     pipe.close()
 
     def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def log_problems(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [
-            f"{self.name}: {line}"
-            for line in text.splitlines()
-            if " WARNING " in line or " ERROR " in line or "Traceback" in line
-        ][:20]
+        return log_problems(self.log_path, self.name)
 
 
 def process_cpu_seconds_of(stat: Path) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +27,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from latency import broker_problems, find_pid, machine_cpu_seconds, process_cpu_seconds
+from latency import (
+    broker_problems,
+    find_pid,
+    follow_loadgen,
+    machine_cpu_seconds,
+    process_cpu_seconds,
+)
 from loadgen import Publisher, mqtt_string
 from procs import BENCH, REPO, Cloud, Proc, Receiver, scrape
 
@@ -374,21 +379,4 @@ def run_loadgen(
     cmd = [sys.executable, str(BENCH / "loadgen.py"), "--port", str(port), "--rate", f"{rate:g}"]
     cmd += ["--duration", f"{duration:g}", "--warmup", f"{warmup:g}", "--qos", "1"]
     cmd += ["--machines", str(machines), "--batch", str(batch)]
-    with subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True
-    ) as proc:
-        try:
-            done: dict[str, Any] | None = None
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                event = orjson.loads(line)
-                if event["event"] == "measuring":
-                    on_measuring()
-                elif event["event"] == "done":
-                    done = event
-            if proc.wait() != 0 or done is None:
-                raise RuntimeError(f"load generator failed (exit {proc.returncode})")
-            return done
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    return follow_loadgen(cmd, on_measuring)
