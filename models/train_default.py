@@ -80,6 +80,12 @@ def to_onnx(scaler: StandardScaler, mlp: MLPRegressor) -> bytes:
     sample = np.zeros((1, k), dtype=np.float32)
     onx = score.to_onnx({"input": sample}, outputs=[("score", _float_tensor())], target_opset=OPSET)
     onx.producer_name = "edge-gateway/models/train_default.py"
+    # skl2onnx gathers the opsets in a set, whose order follows PYTHONHASHSEED: sort them, or
+    # the bytes (and the manifest's sha256) change from one run to the next.
+    opsets = sorted((o.domain, o.version) for o in onx.opset_import)
+    del onx.opset_import[:]
+    for domain, version in opsets:
+        onx.opset_import.add(domain=domain, version=version)
     return onx.SerializeToString()
 
 

@@ -76,6 +76,11 @@ def to_onnx(mixture: GaussianMixture, n_features: int) -> bytes:
     graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, [None]))
     onx.producer_name = "edge-gateway/models/train_example.py"
     onx.graph.name = "gaussian-mixture"  # skl2onnx picks a random one: keep the bytes reproducible
+    # Its opsets come out of a set, in an order that follows PYTHONHASHSEED: sort them too.
+    opsets = sorted((o.domain, o.version) for o in onx.opset_import)
+    del onx.opset_import[:]
+    for domain, version in opsets:
+        onx.opset_import.add(domain=domain, version=version)
     onnx.checker.check_model(onx)
     return bytes(onx.SerializeToString())
 
