@@ -9,6 +9,7 @@ versions refused for good, with why.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -89,12 +90,24 @@ class ModelCache:
     def discard_incoming(self, version: str) -> None:
         shutil.rmtree(self.root / _INCOMING / version, ignore_errors=True)
 
+    def discard(self, version: str) -> None:
+        """Remove a version that was admitted but never judged (a superseded candidate)."""
+        shutil.rmtree(self.path(version), ignore_errors=True)
+
     def save(self) -> None:
+        # Written, synced, renamed, and the rename synced: after a power cut the gateway boots
+        # on the old state or the new one, never on an empty file.
         tmp = self.root / (_STATE + ".tmp")
-        tmp.write_bytes(
-            orjson.dumps({"good": self.good, "bad": self.bad}, option=orjson.OPT_INDENT_2)
-        )
+        with tmp.open("wb") as f:
+            f.write(orjson.dumps({"good": self.good, "bad": self.bad}, option=orjson.OPT_INDENT_2))
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(self.root / _STATE)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _prune(self) -> None:
         """Keep the last ``keep`` good versions; a candidate not yet judged stays."""

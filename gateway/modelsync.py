@@ -105,6 +105,7 @@ class ModelSync:
         self.last_poll: float | None = None
         self.previous: str | None = None  # the version before the live one, for rollback
         self.shadow: Shadow | None = None
+        self._shadow_waiter: asyncio.Task[None] | None = None
         self.polls: dict[str, int] = {"not_modified": 0, "changed": 0, "failed": 0}
         self.swaps = 0
         self.rejected = 0
@@ -228,18 +229,9 @@ class ModelSync:
         self.polls["changed"] += 1
         version = latest.version
         self.latest = version
-        shadow = self.shadow
-        if shadow is not None and shadow.candidate.manifest.version != version:
-            self.shadow = None  # withdrawn or replaced: it must not be promoted later
-            target.set_shadow(None)
-            self._report(
-                target,
-                Event(
-                    "shadow_rejected",
-                    shadow.candidate.manifest.version,
-                    f"superseded: LATEST names {version} now",
-                ),
-            )
+        if self.shadow is not None and self.shadow.candidate.manifest.version != version:
+            # Withdrawn or replaced: it must not be promoted later.
+            await self._withdraw_shadow(target, f"superseded: LATEST names {version} now")
         live = target.scorer
         if live is not None and self._is_live(live, version):
             self.etag = latest.etag
@@ -366,10 +358,7 @@ class ModelSync:
     async def _start_shadow(self, target: SwapTarget, candidate: Scorer) -> None:
         s = self.settings.model
         if self.shadow is not None:
-            self._report(
-                target,
-                Event("shadow_rejected", self.shadow.candidate.manifest.version, "superseded"),
-            )
+            await self._withdraw_shadow(target, "superseded")
         shadow = Shadow(
             candidate,
             s.shadow_readings,
@@ -385,16 +374,31 @@ class ModelSync:
         target.set_shadow(shadow)
         log.info("model in shadow candidate=%s", candidate.label)
         self._report(target, Event("shadow_started", candidate.manifest.version))
-        asyncio.get_running_loop().create_task(self._when_done(shadow))
+        self._shadow_waiter = asyncio.get_running_loop().create_task(self._when_done(shadow))
 
     async def _when_done(self, shadow: Shadow) -> None:
         await shadow.done.wait()
         self.wake()
 
+    async def _withdraw_shadow(self, target: SwapTarget, reason: str) -> None:
+        """Stop the candidate in shadow without a verdict; its folder goes (it never served)."""
+        shadow = self.shadow
+        assert shadow is not None
+        self.shadow = None
+        target.set_shadow(None)
+        if self._shadow_waiter is not None:
+            self._shadow_waiter.cancel()
+            self._shadow_waiter = None
+        version = shadow.candidate.manifest.version
+        if version not in self.cache.good:
+            await asyncio.to_thread(self.cache.discard, version)
+        self._report(target, Event("shadow_rejected", version, reason))
+
     async def _judge(self, target: SwapTarget) -> None:
         shadow = self.shadow
         assert shadow is not None
         self.shadow = None
+        self._shadow_waiter = None  # it has finished: that is why we are here
         target.set_shadow(None)
         ok, report = shadow.verdict()
         version = shadow.candidate.manifest.version

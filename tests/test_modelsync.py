@@ -527,3 +527,5 @@ def test_a_candidate_in_shadow_is_dropped_when_latest_moves_away(
     for _ in range(10):  # more than the shadow stage needed: the withdrawn candidate stays out
         assert site.score_one()["model"] == "machine-health@1.0.0"
     assert site.report()["shadow"] is None
+    # It never served, so the cache does not keep it (nothing else would ever remove it).
+    assert not (site.gw.workdir / "data" / "models" / "2.0.0").exists()
