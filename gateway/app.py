@@ -571,6 +571,11 @@ class Gateway:
                 lambda: up.aggregate_rows,
             )
         m.live_counter(
+            "gateway_mqtt_held_dropped",
+            "QoS 1 publishes (alerts, dead letters) dropped after too many waited for the broker",
+            lambda: self.mqtt.held_dropped,
+        )
+        m.live_counter(
             "gateway_readings_shed",
             "QoS 0 readings dropped because the queue was full",
             lambda: self.shed,

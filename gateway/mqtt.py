@@ -16,6 +16,7 @@ import random
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ _CONNACK_TIMEOUT = 10.0
 _READS_PER_WAKE = 256  # packets read per readable event before yielding to other tasks
 _RECV_SIZE = 256 * 1024  # bytes asked of the kernel per read
 _SEND_BUFFER_MAX = 1 << 20  # bytes of packets held for one send before paho is told to wait
+_HELD_MAX = 10_000  # QoS 1 publishes kept while disconnected (alerts, dead letters); then oldest go
 
 
 class _BufferedClient(paho.Client):
@@ -128,9 +130,15 @@ class _BufferedClient(paho.Client):
             sent = self._sock.send(self._wbuf)
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
-        except OSError as exc:  # the connection is gone: the read side will notice and say so
-            log.debug("send failed error=%s", exc)
+        except OSError as exc:
+            # Bytes of packets paho counts as written are lost: the session cannot go on. Shut
+            # the socket so the read side sees the end at once and paho reconnects (a QoS 1
+            # message unacknowledged is sent again by the broker, ours by paho).
+            log.warning("send to broker failed, closing the connection error=%s", exc)
             self._wbuf.clear()
+            if isinstance(self._sock, socket.socket):  # SSLSocket too
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
             return
         del self._wbuf[:sent]
 
@@ -217,6 +225,10 @@ class MqttClient:
         self._writer: Any = None  # the socket while a writer waits for it to drain
         self._flush_scheduled = False
         self._paused = False  # reading stopped: the consumer has enough to do
+        # QoS 1 publishes made while disconnected, sent after the next CONNACK. paho itself
+        # must not be touched then: its connect runs in a thread and resets the same queues.
+        self._held: deque[tuple[str, bytes, bool]] = deque()
+        self.held_dropped = 0
         self.delivered = 0
         self.reconnects = 0
         self.will_on_close = False
@@ -260,7 +272,21 @@ class MqttClient:
 
     # -- publishing and acknowledging ------------------------------------------------------
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
-        """Queue a publish; returns the paho result code (QoS 0 while disconnected is lost)."""
+        """Queue a publish; returns the paho result code. While disconnected a QoS 0 publish
+        is lost (``MQTT_ERR_NO_CONN``) and a QoS 1 one waits for the next connection, up to
+        ``_HELD_MAX`` of them (then the oldest goes, counted in ``held_dropped``)."""
+        if not self._connected.is_set():
+            if qos == 0:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if len(self._held) >= _HELD_MAX:
+                self._held.popleft()
+                self.held_dropped += 1
+                if self.held_dropped == 1 or not self.held_dropped % 1000:
+                    log.warning(
+                        "broker away: dropped oldest held publishes count=%d", self.held_dropped
+                    )
+            self._held.append((topic, payload, retain))
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._client.publish(topic, payload, qos=qos, retain=retain).rc
 
     async def publish_confirmed(
@@ -268,6 +294,8 @@ class MqttClient:
     ) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK."""
         assert self._loop is not None
+        if not self._connected.is_set():
+            raise BrokerUnavailable("not connected to the broker")
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         fut = self._loop.create_future()
         self._confirm[info.mid] = fut
@@ -378,6 +406,9 @@ class MqttClient:
         self.on_state(True)
         if self._on_connect_cb is not None:
             self._on_connect_cb()
+        held, self._held = self._held, deque()
+        for topic, payload, retain in held:
+            self._client.publish(topic, payload, qos=1, retain=retain)
 
     def _handle_disconnect(
         self,
@@ -400,16 +431,18 @@ class MqttClient:
                 log.warning("broker connection lost reason=%s", rc)
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self.delivered += 1
-        assert self._loop is not None
-        ack = Ack(self._generation, msg.mid) if msg.qos else None
-        self._on_message_cb(Message(msg.topic, bytes(msg.payload), msg.qos, ack, self._loop.time()))
+        self._handle_plain(msg.topic, bytes(msg.payload), msg.qos, msg.mid)
 
     def _handle_plain(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
         self.delivered += 1
         assert self._loop is not None
         ack = Ack(self._generation, mid) if qos else None
-        self._on_message_cb(Message(topic, payload, qos, ack, self._loop.time()))
+        try:
+            self._on_message_cb(Message(topic, payload, qos, ack, self._loop.time()))
+        except Exception:
+            # Raised through paho, it would leave paho's half-read packet state behind and
+            # garble the next packet. Unacknowledged, the broker sends it again on reconnect.
+            log.exception("message handler failed topic=%s", topic)
 
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties

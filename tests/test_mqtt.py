@@ -9,11 +9,14 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import mqtt as mqtt_module
 from gateway.config import load_settings
+from gateway.errors import BrokerUnavailable
 from gateway.localbroker import LocalBroker
 from gateway.mqtt import Message, MqttClient
 
@@ -117,3 +120,56 @@ async def test_publishes_with_and_without_properties_both_arrive(
     ]
     assert got[0].ack is not None
     assert got[2].ack is None
+
+
+async def test_qos1_publishes_made_while_the_broker_is_away_go_out_after_it_returns(
+    own_broker: LocalBroker,
+    tmp_path: Path,
+    client_factory: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mqtt_module, "_HELD_MAX", 5)
+    watcher = client_factory("out/#", on=own_broker, persistent=True)
+    mqtt = MqttClient(_settings(own_broker, tmp_path, "m4"), lambda msg: None)  # type: ignore[arg-type]
+    async with mqtt:
+        await mqtt.wait_connected(10)
+        own_broker.stop()
+        await _until(lambda: not mqtt.connected)
+        # While it is away, paho's queues are left alone (its connect runs in a thread).
+        assert mqtt.publish("out/q0", b"lost", qos=0) == MQTTErrorCode.MQTT_ERR_NO_CONN
+        for i in range(7):
+            assert mqtt.publish("out/q1", str(i).encode(), qos=1) == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert mqtt.held_dropped == 2  # the two oldest of seven, over the bound of five
+        with pytest.raises(BrokerUnavailable):
+            await mqtt.publish_confirmed("out/c", b"x", timeout=1)
+        own_broker.start()
+        await mqtt.wait_connected(20)
+        await _until(lambda: len(watcher.messages) >= 5)
+        await asyncio.sleep(0.3)
+    assert [(t, p) for t, p, _ in watcher.messages] == [
+        ("out/q1", str(i).encode()) for i in range(2, 7)
+    ]
+
+
+async def test_a_failing_handler_does_not_garble_the_messages_after_it(
+    own_broker: LocalBroker, tmp_path: Path, client_factory: Callable[..., Client]
+) -> None:
+    got: list[bytes] = []
+
+    def handle(msg: Message) -> None:
+        if msg.payload.startswith(b"boom"):
+            raise RuntimeError("a bug in the handler")
+        got.append(msg.payload)
+
+    mqtt = MqttClient(_settings(own_broker, tmp_path, "m5"), handle)  # type: ignore[arg-type]
+    async with mqtt:
+        await mqtt.wait_connected(10)
+        mqtt.subscribe("t/#", 1)
+        await asyncio.sleep(0.3)
+        pub = client_factory(on=own_broker)
+        for body in (b"one", b"boom 1", b"two", b"boom 2", b"three"):
+            pub.publish("t/x", body)
+        await _until(lambda: len(got) == 3)
+        await asyncio.sleep(0.3)
+        assert mqtt.connected
+    assert got == [b"one", b"two", b"three"]
