@@ -173,3 +173,24 @@ async def test_a_failing_handler_does_not_garble_the_messages_after_it(
         await asyncio.sleep(0.3)
         assert mqtt.connected
     assert got == [b"one", b"two", b"three"]
+
+
+async def test_fast_qos0_publishes_are_whole_packets_of_every_length_class(
+    own_broker: LocalBroker, tmp_path: Path, client_factory: Callable[..., Client]
+) -> None:
+    # Written without paho: the remaining length takes 1, 2 or 3 bytes; the topic is UTF-8.
+    sizes = [0, 1, 127 - 12, 128, 16_383, 16_384, 200_000]
+    watcher = client_factory("out/#", on=own_broker)
+    mqtt = MqttClient(_settings(own_broker, tmp_path, "m6"), lambda msg: None)  # type: ignore[arg-type]
+    async with mqtt:
+        await mqtt.wait_connected(10)
+        for n in sizes:
+            assert mqtt.publish("out/ü/x", bytes([n % 251]) * n) == MQTTErrorCode.MQTT_ERR_SUCCESS
+        mqtt.flush()
+        await mqtt.publish_confirmed("out/confirmed", b"c", timeout=10)  # paho's path, confirmed
+        await _until(lambda: len(watcher.messages) == len(sizes) + 1)
+        assert mqtt.connected
+    assert [(t, p) for t, p, _ in watcher.messages] == [
+        *[("out/ü/x", bytes([n % 251]) * n) for n in sizes],
+        ("out/confirmed", b"c"),
+    ]
