@@ -211,11 +211,11 @@ class LoadGenerator:
                 if k == warm:
                     start_wall, cpu0 = time.time(), time.process_time()
                     _emit({"event": "measuring", "wall": start_wall})
-                ts = self._publish(pub, k)
+                first, last = self._publish(pub, k)
                 if k >= warm:
                     self._lags.append(time.monotonic() - (t0 + k * interval))
-                    first_ts = first_ts or ts
-                    last_ts = ts
+                    first_ts = first_ts or first
+                    last_ts = last  # the message's last reading: the window takes all of it
                 k += 1
             pub.flush()
             pub.poll()  # acknowledgements are counted once a burst: one wake-up per burst
@@ -244,7 +244,8 @@ class LoadGenerator:
             "cpu_seconds": cpu,  # of the measured window
         }
 
-    def _publish(self, pub: Publisher, k: int) -> float:
+    def _publish(self, pub: Publisher, k: int) -> tuple[float, float]:
+        """Publish message ``k``; returns the ``ts`` of its first and last reading."""
         spec = self.spec
         machine = k % spec.machines
         if machine == 0 or not self._rows:  # fresh values for every machine once a round
@@ -261,7 +262,7 @@ class LoadGenerator:
             orjson.dumps(readings[0] if spec.batch == 1 else readings),
             spec.qos,
         )
-        return stamps[0]
+        return stamps[0], stamps[-1]
 
     def _stamps(self, n: int) -> list[float]:
         """``n`` increasing ``ts`` for one message, from the clock now: ts is unique, as it is
