@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ class Batcher:
         self._n_features = n_features
         self._machines: list[str] = []
         self._ts: list[float] = []
-        self._rows: list[list[float]] = []
+        self._rows: list[Sequence[float]] = []
         self._raw: list[dict[str, Any]] = []
         self._arrived: list[float] = []
         # (readings added in all before it is released, token): absolute counts, so taking a
@@ -69,6 +70,25 @@ class Batcher:
         self._raw.append(raw)
         self._arrived.append(arrived)
         self._added += 1
+        if self._waiter is not None and len(self._machines) >= self._wanted:
+            self._wake()
+
+    def add_many(
+        self,
+        machine: str,
+        ts: list[float],
+        rows: list[Sequence[float]],
+        raw: list[dict[str, Any]],
+        arrived: float,
+    ) -> None:
+        """``add`` for the readings of one message and machine, in one go."""
+        n = len(ts)
+        self._machines += [machine] * n
+        self._ts += ts
+        self._rows += rows
+        self._raw += raw
+        self._arrived += [arrived] * n
+        self._added += n
         if self._waiter is not None and len(self._machines) >= self._wanted:
             self._wake()
 

@@ -29,6 +29,16 @@ class Sink:
     ) -> None:
         self.rows.append((machine, ts, row))
 
+    def add_many(
+        self,
+        machine: str,
+        ts: list[float],
+        rows: list[Any],
+        raw: list[dict[str, Any]],
+        arrived: float,
+    ) -> None:
+        self.rows.extend((machine, t, list(row)) for t, row in zip(ts, rows, strict=True))
+
     def mark(self, token: object) -> None:
         self.tokens.append(token)
 
@@ -194,3 +204,73 @@ def test_arbitrary_payloads_never_escape_the_ingest(payload: bytes) -> None:
     assert all(d.reason for d in letters)
     for _, _, row in sink.rows:
         assert all(math.isfinite(v) and abs(v) <= 3.5e38 for v in row)
+
+
+plain_reading_st = st.fixed_dictionaries(
+    {
+        "ts": st.one_of(st.floats(1.0, 4e9), st.integers(1, 4_000_000_000)),
+        **{f: st.one_of(finite32, st.integers(-(2**53), 2**53)) for f in FEATURES},
+    }
+)
+spoil_st = st.one_of(
+    st.none(),
+    st.tuples(
+        st.integers(0, 7),
+        st.sampled_from([*FEATURES, "ts", "machine"]),
+        st.sampled_from(
+            [
+                math.nan,
+                math.inf,
+                -math.inf,
+                1e39,
+                2**1100,
+                True,
+                None,
+                "1.5",
+                "2026-11-28",
+                -5,
+                2e11,
+                0,
+                "m9",
+                ...,
+            ]  # ... deletes the field
+        ),
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(plain_reading_st, min_size=2, max_size=8), spoil_st)
+def test_the_whole_list_check_agrees_with_the_reading_by_reading_one(
+    readings: list[dict[str, Any]], spoil: tuple[int, str, Any] | None
+) -> None:
+    # extract_all takes a list only when extract would take every reading, with the same
+    # values; it declines a list with an ISO ts or a machine of its own, which extract takes.
+    if spoil is not None:
+        i, name, value = spoil
+        reading = readings[i % len(readings)]
+        if value is ...:
+            reading.pop(name, None)
+        else:
+            reading[name] = value
+    one_by_one: list[tuple[float, list[float]]] | None = []
+    for r in readings:
+        try:
+            _, ts, row = FMAP.extract(r, "m", 0.0)
+        except RejectedInput:
+            one_by_one = None
+            break
+        assert one_by_one is not None
+        one_by_one.append((ts, row))
+    fast = FMAP.extract_all(readings)
+    plain = all(type(r.get("ts")) in (int, float) and "machine" not in r for r in readings)
+    if one_by_one is None or not plain:
+        assert fast is None
+    else:
+        assert fast is not None
+        assert list(zip(fast[0], map(list, fast[1]), strict=True)) == one_by_one
+
+
+def test_a_one_feature_model_gets_rows_from_the_whole_list_check_too() -> None:
+    fmap = FeatureMap(("temperature",))
+    assert fmap.extract_all([GOOD, GOOD]) == ([GOOD["ts"]] * 2, [(41.5,), (41.5,)])
