@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -69,12 +70,6 @@ class Stored:
     count: int
 
 
-def _columns(machines: Sequence[str]) -> tuple[list[str], bytes]:
-    codes: dict[str, int] = {}
-    index = [codes.setdefault(m, len(codes)) for m in machines]
-    return list(codes), np.asarray(index, dtype=np.uint32).tobytes()
-
-
 def records_for(
     site: str,
     batch: Batch,
@@ -88,26 +83,42 @@ def records_for(
     Bodies are an internal format (MessagePack, numbers as little-endian arrays); the uplink
     turns them into wire-format messages (docs/wire-format.md).
     """
-    groups: dict[str, list[int]] = {}
-    for i, machine in enumerate(batch.machines):
-        groups.setdefault(group_of(machine), []).append(i)
+    # Machines dictionary-coded in order of first appearance, a group per distinct machine:
+    # C loops (dict.fromkeys, map) instead of a Python step per reading.
+    names = list(dict.fromkeys(batch.machines))
+    lookup = {m: i for i, m in enumerate(names)}
+    codes = np.fromiter(map(lookup.__getitem__, batch.machines), np.uint32, len(batch.machines))
+    of_name = [group_of(m) for m in names]
     ts = np.asarray(batch.ts, dtype=np.float64)
     out: list[Stored] = []
-    for group, rows in groups.items():
+    for group in dict.fromkeys(of_name):
         key = f"{site}/{group}"
-        idx = np.asarray(rows) if len(rows) < len(batch) else slice(None)
-        names, codes = _columns([batch.machines[i] for i in rows])
-        common = {"v": BODY_VERSION, "machines": names, "machine": codes, "ts": ts[idx].tobytes()}
+        if len(set(of_name)) == 1:  # the usual case: one group, every row, codes as they are
+            idx: Any = slice(None)
+            group_names, group_codes = names, codes
+        else:
+            members = [i for i, g in enumerate(of_name) if g == group]  # first-appearance order
+            renumber = np.zeros(len(names), dtype=np.uint32)
+            renumber[members] = np.arange(len(members), dtype=np.uint32)
+            idx = np.flatnonzero(np.isin(codes, members))
+            group_names, group_codes = [names[i] for i in members], renumber[codes[idx]]
+        n = len(group_codes)
+        common = {
+            "v": BODY_VERSION,
+            "machines": group_names,
+            "machine": group_codes.tobytes(),
+            "ts": ts[idx].tobytes(),
+        }
         telemetry = dict(
             common,
             features=list(features),
             values=np.ascontiguousarray(batch.values[idx]).tobytes(),
         )
-        out.append(Stored("telemetry", key, msgpack.packb(telemetry), len(rows)))
+        out.append(Stored("telemetry", key, msgpack.packb(telemetry), n))
         scored = dict(
             common, model=label, score=np.ascontiguousarray(scores[idx], dtype=np.float32).tobytes()
         )
-        out.append(Stored("scores", key, msgpack.packb(scored), len(rows)))
+        out.append(Stored("scores", key, msgpack.packb(scored), n))
     for alert, payload in alerts:
         body = msgpack.packb({"v": BODY_VERSION, "alerts": [payload]}, default=str)
         out.append(Stored("alerts", f"{site}/{group_of(alert.machine)}", body, 1))
@@ -195,8 +206,8 @@ def merged_records(run: Sequence[Scored]) -> list[Stored]:
         )
     values = np.concatenate([sc.batch.values for sc in run])
     batch = Batch(
-        machines=[m for sc in run for m in sc.batch.machines],
-        ts=[t for sc in run for t in sc.batch.ts],
+        machines=list(chain.from_iterable(sc.batch.machines for sc in run)),
+        ts=list(chain.from_iterable(sc.batch.ts for sc in run)),
         values=values,
         features=values.astype(np.float32),
         raw=[],

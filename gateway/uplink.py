@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import aggregate
 from .config import Settings
 from .errors import ConfigError, TransientError, retrying
 from .spool import Record
 from .spooler import Spooler, columns_of, decode_body
-from .wireformat import Message, encode_split
+from .wireformat import Coded, Message, encode_split
 
 __all__ = ["Uplink", "make_stream_client", "to_message", "to_messages"]
 
@@ -82,28 +83,51 @@ def make_stream_client(settings: Settings) -> Any:
 
 def to_message(site: str, gateway: str, lane: str, records: Sequence[Record]) -> Message:
     """The records of one lane and key as one wire-format message (columns, ``seq`` per row)."""
+    if lane == "alerts":
+        return _alerts_message(site, gateway, records)
+    parts = [columns_of(lane, r.body) for r in records]
+    counts = [len(c.ts) for c in parts]
+    cols: dict[str, Any] = {
+        "seq": np.repeat(np.asarray([r.seq for r in records], dtype=np.int64), counts),
+        "machine": _coded([c.names for c in parts], [c.machine for c in parts]),
+        "ts": np.concatenate([c.ts for c in parts]),
+    }
+    if lane == "telemetry":  # the caller keeps a run of records with the same fields together
+        values = np.concatenate([c.values for c in parts])
+        cols |= {name: values[:, j] for j, name in enumerate(parts[0].fields)}
+    else:
+        models = [c.model for c in parts]
+        labels = list(dict.fromkeys(models))
+        codes = np.repeat(np.asarray([labels.index(m) for m in models], dtype=np.int64), counts)
+        cols |= {
+            "model": Coded(labels, codes),
+            "score": np.concatenate([c.values[:, 0] for c in parts]),
+        }
+    return Message(site, gateway, lane, records[0].seq, records[-1].seq, cols)
+
+
+def _coded(names: list[list[str]], codes: list[npt.NDArray[np.integer[Any]]]) -> Coded:
+    """Several records' dictionary-coded machines as one column: each record's codes mapped
+    into one shared list of names, an array operation per record."""
+    shared: dict[str, int] = {}
+    mapped = []
+    for local, c in zip(names, codes, strict=True):
+        into = np.asarray([shared.setdefault(n, len(shared)) for n in local], dtype=np.int64)
+        mapped.append(into[c])
+    return Coded(list(shared), np.concatenate(mapped))
+
+
+def _alerts_message(site: str, gateway: str, records: Sequence[Record]) -> Message:
     columns: dict[str, list[Any]] = {}
     seqs: list[int] = []
     for r in records:
-        body = decode_body(lane, r.body)
-        if lane == "alerts":
-            rows = body["alerts"]
-            part = {
-                k: [a.get(k) for a in rows]
-                for k in ("machine", "ts", "state", "score", "threshold", "model", "reading")
-            }
-        else:
-            part = dict(body)
-            if lane == "scores":
-                part["model"] = [body["model"]] * len(body["ts"])
-        n = len(part["ts"])
-        seqs += [r.seq] * n
-        for name, values in part.items():
-            columns.setdefault(name, []).extend(values)
+        rows = decode_body("alerts", r.body)["alerts"]
+        seqs += [r.seq] * len(rows)
+        for k in ("machine", "ts", "state", "score", "threshold", "model", "reading"):
+            columns.setdefault(k, []).extend(a.get(k) for a in rows)
     cols: dict[str, Any] = {"seq": np.asarray(seqs, dtype=np.int64)}
-    for name, values in columns.items():
-        cols[name] = np.asarray(values, dtype=np.float64) if name in ("ts",) else values
-    return Message(site, gateway, lane, records[0].seq, records[-1].seq, cols)
+    cols |= {k: np.asarray(v, dtype=np.float64) if k == "ts" else v for k, v in columns.items()}
+    return Message(site, gateway, "alerts", records[0].seq, records[-1].seq, cols)
 
 
 @dataclass

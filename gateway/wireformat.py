@@ -17,15 +17,44 @@ import zstandard
 
 from .errors import GatewayError
 
-__all__ = ["MAX_MESSAGE_BYTES", "MAX_RAW_BYTES", "MAX_RECORDS", "SCHEMAS", "VERSION", "Column"]
-__all__ += ["Message", "UnsupportedFormat", "WireFormatError", "decode", "encode", "encode_split"]
+__all__ = ["MAX_MESSAGE_BYTES", "MAX_RAW_BYTES", "MAX_RECORDS", "SCHEMAS", "VERSION", "Coded"]
+__all__ += [
+    "Column",
+    "Message",
+    "UnsupportedFormat",
+    "WireFormatError",
+    "decode",
+    "encode",
+    "encode_split",
+]
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1_000_000  # compressed, the OCI Streaming message limit
 MAX_RAW_BYTES = 16 << 20  # decompressed; decoders refuse more (a zstd bomb costs nothing else)
 MAX_RECORDS = 1 << 20  # per message; bounds a decoder's memory (constant columns cost no bytes)
 _MASK = (1 << 64) - 1
-Column = npt.NDArray[Any] | list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Coded:
+    """A ``str`` column already dictionary-coded (row i is ``names[codes[i]]``), as the spool
+    keeps machines: it encodes to the same bytes as the list of strings, without a Python
+    step per row. Names no row uses are dropped; codes are renumbered by first appearance."""
+
+    names: list[str]
+    codes: npt.NDArray[np.integer[Any]]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, rows: slice) -> Coded:
+        return Coded(self.names, self.codes[rows])
+
+    def tolist(self) -> list[str]:
+        return [self.names[i] for i in self.codes.tolist()]
+
+
+Column = npt.NDArray[Any] | list[Any] | Coded
 U64 = npt.NDArray[np.uint64]
 
 _COMMON = {"seq": "int", "machine": "str", "ts": "ts"}
@@ -84,7 +113,7 @@ class Message:
 
     def rows(self) -> list[dict[str, Any]]:
         """The records as dicts of plain Python values, in order."""
-        cols = [v.tolist() if isinstance(v, np.ndarray) else v for v in self.columns.values()]
+        cols = [v if isinstance(v, list) else v.tolist() for v in self.columns.values()]
         return [dict(zip(self.columns, vals, strict=True)) for vals in zip(*cols, strict=True)]
 
 
@@ -169,6 +198,8 @@ def _encode(m: Message, level: int) -> tuple[bytes, int]:
 
 
 def _infer(values: Column) -> str:
+    if isinstance(values, Coded):
+        return "str"
     kinds = {values.dtype.type} if isinstance(values, np.ndarray) else {type(v) for v in values}
     if all(issubclass(k, int | float | np.number | np.bool_) for k in kinds):  # or empty: float
         integral = kinds and all(issubclass(k, int | np.integer | np.bool_) for k in kinds)
@@ -181,7 +212,7 @@ def _encode_column(values: Column, logical: str, groups: U64 | None) -> list[Any
         uniques, codes = _dictionary(values)
         return ["dict", uniques, _int_block(codes, None)[0]]
     if logical == "any":
-        return ["any", list(values)]
+        return ["any", values.tolist() if isinstance(values, Coded) else list(values)]
     if logical == "int":
         try:
             x = np.asarray(values, dtype=np.int64)
@@ -220,6 +251,16 @@ def _ieee(codec: str, v: npt.NDArray[Any]) -> tuple[list[Any], float]:
 
 
 def _dictionary(values: Column) -> tuple[list[str], U64]:
+    if isinstance(values, Coded):
+        used, first = np.unique(values.codes, return_index=True)
+        order = used[np.argsort(first)]  # codes in order of first appearance
+        renumber = np.zeros(len(values.names), dtype=np.uint64)
+        renumber[order] = np.arange(len(order), dtype=np.uint64)
+        names = [values.names[i] for i in order.tolist()]
+        _need(
+            all(isinstance(s, str) for s in names), "a str column holds a value that is not a str"
+        )
+        return names, renumber[values.codes]
     index: dict[str, int] = {}
     codes = [index.setdefault(s, len(index)) for s in values]
     _need(all(isinstance(s, str) for s in index), "a str column holds a value that is not a str")
@@ -271,8 +312,10 @@ def _deltas(x: U64, g: U64) -> tuple[npt.NDArray[np.bool_], U64]:
 def _cost(planes: npt.NDArray[np.uint8]) -> float:
     """Bits an order-0 entropy coder needs for the planes: what zstd's literals come close to."""
     w, n = planes.shape
-    tagged = planes.astype(np.intp) + 256 * np.arange(w)[:, None]
-    counts = np.bincount(tagged.ravel(), minlength=256 * w)
+    if not w:
+        return 0.0
+    # A histogram per plane (byte values within a plane are one alphabet), plane after plane.
+    counts = np.concatenate([np.bincount(plane, minlength=256) for plane in planes])
     c = counts[counts > 0].astype(np.float64)
     return float(w * n * math.log2(max(n, 1)) - (c * np.log2(c)).sum())
 

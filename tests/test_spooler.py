@@ -10,7 +10,7 @@ import numpy as np
 
 from gateway.batcher import Batch
 from gateway.config import load_settings
-from gateway.spooler import Scored, Spooler, decode_body, open_spool
+from gateway.spooler import Scored, Spooler, decode_body, open_spool, records_for
 from gateway.telemetry import FEATURES
 
 LABEL = "machine-health@1.0.0"
@@ -57,3 +57,19 @@ async def test_batches_of_one_commit_share_a_row_and_a_new_model_starts_another(
     assert rows["scores"][0][1]["score"] == [0.0, 1.0]
     assert rows["scores"][2][1]["model"] == "other@2"
     assert set(rows["telemetry"][2][1]) == {"machine", "ts", *FEATURES[:3]}
+
+
+def test_a_batch_across_groups_becomes_a_row_per_group_with_its_readings_in_order() -> None:
+    machines = ["l1/a", "l2/x", "l1/b", "l2/x", "l1/a", "l3/q", "l1/b"]
+    b = _batch(machines, 10.0)
+    scores = np.arange(len(machines), dtype=np.float32)
+    stored = records_for("site", b, scores, LABEL, FEATURES, [])
+    got = {(s.lane, s.key): (s.count, decode_body(s.lane, s.body)) for s in stored}
+    for group in ("l1", "l2", "l3"):
+        rows = [i for i, m in enumerate(machines) if m.startswith(group + "/")]
+        count, telemetry = got[("telemetry", f"site/{group}")]
+        assert count == len(rows)
+        assert telemetry["machine"] == [machines[i] for i in rows]
+        assert telemetry["ts"] == [b.ts[i] for i in rows]
+        assert telemetry["speed"] == [b.values[i, FEATURES.index("speed")] for i in rows]
+        assert got[("scores", f"site/{group}")][1]["score"] == [float(i) for i in rows]

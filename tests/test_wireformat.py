@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from gateway.wireformat import (
     MAX_RAW_BYTES,
     SCHEMAS,
+    Coded,
+    Column,
     Message,
     UnsupportedFormat,
     WireFormatError,
@@ -602,3 +604,17 @@ def test_golden_digest_of_a_larger_batch() -> None:
 
 
 GOLDEN_DIGEST = "f4c282926b422d53035824604ab35b4791fa1843939d18560e7e7e4784f8e2da"
+
+
+def test_a_coded_column_encodes_as_its_strings_even_sliced_with_names_unused() -> None:
+    names = ["l1/z", "l1/a", "l1/b", "l1/unused"]
+    codes = np.array([2, 2, 1, 0, 1, 2], dtype=np.int64)
+    coded = Coded(names, codes)
+
+    def message(machine: Column, n: int) -> Message:
+        cols = {"seq": np.arange(1, n + 1), "machine": machine, "ts": 1.795e9 + np.arange(n)}
+        return Message("s", "gw", "telemetry", 1, n, cols | {"x": np.ones(n)})
+
+    for part in (slice(None), slice(3, 6), slice(0, 2)):
+        n = len(codes[part])
+        assert encode(message(coded[part], n)) == encode(message(coded[part].tolist(), n))
