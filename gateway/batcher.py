@@ -46,7 +46,10 @@ class Batcher:
         self._n_features = n_features
         self._machines: list[str] = []
         self._ts: list[float] = []
-        self._rows: list[Sequence[float]] = []
+        # Feature rows in arrival order: blocks (a message's readings, one array) and, after
+        # them, the loose rows of single readings, which become a block when one follows.
+        self._blocks: deque[npt.NDArray[np.float64]] = deque()
+        self._loose: list[Sequence[float]] = []
         self._raw: list[dict[str, Any]] = []
         self._arrived: list[float] = []
         # (readings added in all before it is released, token): absolute counts, so taking a
@@ -66,7 +69,7 @@ class Batcher:
     ) -> None:
         self._machines.append(machine)
         self._ts.append(ts)
-        self._rows.append(row)
+        self._loose.append(row)
         self._raw.append(raw)
         self._arrived.append(arrived)
         self._added += 1
@@ -77,15 +80,17 @@ class Batcher:
         self,
         machine: str,
         ts: list[float],
-        rows: list[Sequence[float]],
+        rows: npt.NDArray[np.float64],
         raw: list[dict[str, Any]],
         arrived: float,
     ) -> None:
-        """``add`` for the readings of one message and machine, in one go."""
+        """``add`` for the readings of one message and machine, in one go (``rows``: one
+        feature row per reading)."""
         n = len(ts)
+        self._seal_loose()
+        self._blocks.append(rows)
         self._machines += [machine] * n
         self._ts += ts
-        self._rows += rows
         self._raw += raw
         self._arrived += [arrived] * n
         self._added += n
@@ -128,26 +133,45 @@ class Batcher:
         """Remove and return up to ``max_batch`` pending readings (at least one must be pending)."""
         n = min(len(self._machines), self.max_batch)
         if n == len(self._machines):
-            machines, ts, rows, raw, arrived = (
-                self._machines,
-                self._ts,
-                self._rows,
-                self._raw,
-                self._arrived,
-            )
-            self._machines, self._ts, self._rows, self._raw, self._arrived = [], [], [], [], []
+            machines, ts, raw, arrived = self._machines, self._ts, self._raw, self._arrived
+            self._machines, self._ts, self._raw, self._arrived = [], [], [], []
         else:
-            machines, ts, rows = self._machines[:n], self._ts[:n], self._rows[:n]
+            machines, ts = self._machines[:n], self._ts[:n]
             raw, arrived = self._raw[:n], self._arrived[:n]
-            for pending in (self._machines, self._ts, self._rows, self._raw, self._arrived):
+            for pending in (self._machines, self._ts, self._raw, self._arrived):
                 del pending[:n]
+        values = self._take_rows(n)
         self._taken += n
         tokens: list[object] = []
         queue = self._tokens
         while queue and queue[0][0] <= self._taken:
             tokens.append(queue.popleft()[1])
-        values = np.array(rows, dtype=np.float64).reshape(n, self._n_features)
         return Batch(machines, ts, values, values.astype(np.float32), raw, tokens, arrived[0])
+
+    def _seal_loose(self) -> None:
+        if self._loose:
+            block = np.array(self._loose, dtype=np.float64).reshape(-1, self._n_features)
+            self._blocks.append(block)
+            self._loose = []
+
+    def _take_rows(self, n: int) -> npt.NDArray[np.float64]:
+        """The first ``n`` feature rows, as one array (a block's rows are not copied when one
+        block is the whole batch)."""
+        self._seal_loose()
+        parts = []
+        blocks = self._blocks
+        while n:
+            block = blocks[0]
+            if len(block) <= n:
+                parts.append(blocks.popleft())
+                n -= len(block)
+            else:
+                parts.append(block[:n])
+                blocks[0] = block[n:]
+                n = 0
+        if not parts:
+            return np.empty((0, self._n_features), dtype=np.float64)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def _park(self, wanted: int) -> None:
         self._wanted = wanted

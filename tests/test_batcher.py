@@ -116,3 +116,27 @@ def test_batch_sizes_never_exceed_max(n: int) -> None:
         assert 1 <= len(batch) <= 512
         taken += len(batch)
     assert taken == n
+
+
+def test_single_readings_and_whole_messages_keep_arrival_order_across_any_cut() -> None:
+    # add() rows and add_many() blocks interleave; batches cut through blocks anywhere.
+    for max_batch in (1, 2, 3, 5, 7, 100):
+        b = Batcher(max_batch=max_batch, n_features=2)
+        i = 0
+        for size in (1, 4, 1, 1, 6, 2, 1):
+            ts = [float(i + k) for k in range(size)]
+            if size == 1:
+                b.add("m", ts[0], [ts[0], 1.0], {}, arrived=0.0)
+            else:
+                rows = np.column_stack([ts, np.ones(size)])
+                b.add_many("m", ts, rows, [{}] * size, arrived=0.0)
+            i += size
+        seen_ts: list[float] = []
+        seen_rows: list[float] = []
+        while len(b):
+            batch = b.take()
+            assert len(batch) <= max_batch
+            assert batch.values.shape == (len(batch), 2)
+            seen_ts += batch.ts
+            seen_rows += batch.values[:, 0].tolist()
+        assert seen_ts == seen_rows == [float(k) for k in range(i)]

@@ -33,11 +33,11 @@ class Sink:
         self,
         machine: str,
         ts: list[float],
-        rows: list[Any],
+        rows: Any,
         raw: list[dict[str, Any]],
         arrived: float,
     ) -> None:
-        self.rows.extend((machine, t, list(row)) for t, row in zip(ts, rows, strict=True))
+        self.rows.extend((machine, t, row) for t, row in zip(ts, rows.tolist(), strict=True))
 
     def mark(self, token: object) -> None:
         self.tokens.append(token)
@@ -268,9 +268,12 @@ def test_the_whole_list_check_agrees_with_the_reading_by_reading_one(
         assert fast is None
     else:
         assert fast is not None
-        assert list(zip(fast[0], map(list, fast[1]), strict=True)) == one_by_one
+        assert list(zip(fast[0], fast[1].tolist(), strict=True)) == one_by_one
 
 
 def test_a_one_feature_model_gets_rows_from_the_whole_list_check_too() -> None:
     fmap = FeatureMap(("temperature",))
-    assert fmap.extract_all([GOOD, GOOD]) == ([GOOD["ts"]] * 2, [(41.5,), (41.5,)])
+    got = fmap.extract_all([GOOD, GOOD])
+    assert got is not None
+    assert got[0] == [GOOD["ts"]] * 2
+    assert got[1].tolist() == [[41.5], [41.5]]
