@@ -393,7 +393,7 @@ class Gateway:
         assert self.alerts is not None
         label = scorer.label
         finite = np.isfinite(scores)
-        nonfinite = len(scores) - int(finite.sum())
+        nonfinite = len(scores) - int(np.count_nonzero(finite))
         if nonfinite:
             self.metrics.nonfinite.inc(nonfinite)
         self.models.watch.scored(len(scores), nonfinite)

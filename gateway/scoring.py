@@ -30,6 +30,7 @@ class Scorer:
 
     def __init__(self, bundle: Bundle, *, intra_op_threads: int = 1, inter_op_threads: int = 1):
         self.manifest: Manifest = bundle.manifest
+        self._features = self.manifest.feature_names  # a property that builds a tuple: once
         self.path: Path = bundle.model_path
         self.since = datetime.now(UTC)
         options = ort.SessionOptions()
@@ -59,7 +60,7 @@ class Scorer:
 
     @property
     def features(self) -> tuple[str, ...]:
-        return self.manifest.feature_names
+        return self._features
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """One score per row of ``features`` (shape (N, len(features)))."""

@@ -91,16 +91,19 @@ def records_for(
     of_name = [group_of(m) for m in names]
     ts = np.asarray(batch.ts, dtype=np.float64)
     out: list[Stored] = []
+    one_group = len(set(of_name)) == 1
     for group in dict.fromkeys(of_name):
         key = f"{site}/{group}"
-        if len(set(of_name)) == 1:  # the usual case: one group, every row, codes as they are
+        if one_group:  # the usual case: every row, codes as they are
             idx: Any = slice(None)
             group_names, group_codes = names, codes
         else:
             members = [i for i, g in enumerate(of_name) if g == group]  # first-appearance order
             renumber = np.zeros(len(names), dtype=np.uint32)
             renumber[members] = np.arange(len(members), dtype=np.uint32)
-            idx = np.flatnonzero(np.isin(codes, members))
+            member = np.zeros(len(names), dtype=np.bool_)
+            member[members] = True
+            idx = np.flatnonzero(member[codes])
             group_names, group_codes = [names[i] for i in members], renumber[codes[idx]]
         n = len(group_codes)
         common = {
