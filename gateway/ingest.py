@@ -4,6 +4,9 @@ A payload is JSON or MessagePack, one reading or a list of them. A reading is an
 ``ts`` (epoch seconds or ISO-8601), a number for every model feature, and optionally ``machine``
 (otherwise the topic path after the telemetry prefix). Validation is per value but cheap: a type
 check and one chained comparison that also rejects NaN, infinities and values float32 cannot hold.
+A list whose readings are all plainly valid is checked a column at a time instead
+(``FeatureMap.extract_all``) and reaches the batcher as one array; any doubt, and it goes reading
+by reading, so that each bad one is dead-lettered with its own reason.
 """
 
 from __future__ import annotations
