@@ -65,7 +65,7 @@ class Batcher:
         return len(self._machines)
 
     def add(
-        self, machine: str, ts: float, row: list[float], raw: dict[str, Any], arrived: float
+        self, machine: str, ts: float, row: Sequence[float], raw: dict[str, Any], arrived: float
     ) -> None:
         self._machines.append(machine)
         self._ts.append(ts)

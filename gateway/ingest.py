@@ -127,14 +127,14 @@ class FeatureMap:
                 return None
         return ts.tolist(), values
 
-    def extract(self, reading: Any, machine: str, now: float) -> tuple[str, float, list[float]]:
+    def extract(self, reading: Any, machine: str, now: float) -> tuple[str, float, tuple[Any, ...]]:
         """Return (machine, ts, row) or raise RejectedInput with the reason."""
         if type(reading) is not dict:
             raise RejectedInput(
                 f"reading must be an object, not {type(reading).__name__}", kind="shape"
             )
         try:
-            row = [reading[name] for name in self.features]
+            row = self._row(reading)
         except KeyError as exc:
             raise RejectedInput(f"missing field {exc.args[0]!r}", kind="missing_field") from None
         for value in row:
@@ -179,7 +179,7 @@ class ReadingSink(Protocol):
     """Where valid readings go (the batcher)."""
 
     def add(
-        self, machine: str, ts: float, row: list[float], raw: dict[str, Any], arrived: float
+        self, machine: str, ts: float, row: Sequence[float], raw: dict[str, Any], arrived: float
     ) -> None: ...
     def add_many(
         self, machine: str, ts: list[float], rows: Floats, raw: list[dict[str, Any]], arrived: float

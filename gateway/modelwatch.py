@@ -93,7 +93,7 @@ class Shadow:
         """The candidate's input rows for ``batch`` and which readings they are."""
         if self._map is None:
             return batch.features, np.ones(len(batch), dtype=bool)
-        rows: list[list[float]] = []
+        rows: list[tuple[Any, ...]] = []
         keep = np.zeros(len(batch), dtype=bool)
         for i, (machine, raw) in enumerate(zip(batch.machines, batch.raw, strict=True)):
             try:

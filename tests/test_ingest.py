@@ -24,10 +24,8 @@ class Sink:
         self.rows: list[tuple[str, float, list[float]]] = []
         self.tokens: list[object] = []
 
-    def add(
-        self, machine: str, ts: float, row: list[float], raw: dict[str, Any], arrived: float
-    ) -> None:
-        self.rows.append((machine, ts, row))
+    def add(self, machine: str, ts: float, row: Any, raw: dict[str, Any], arrived: float) -> None:
+        self.rows.append((machine, ts, list(row)))
 
     def add_many(
         self,
@@ -92,7 +90,7 @@ def test_bad_readings_are_rejected_with_a_reason(reading: Any, kind: str, words:
 
 def test_good_reading_maps_to_the_manifest_order() -> None:
     machine, ts, row = FMAP.extract({**GOOD, "extra": "ignored"}, "line1/m", now=0.0)
-    assert (machine, ts, row) == ("line1/m", 1_795_000_000.5, [41.5, 2, 17.25])
+    assert (machine, ts, row) == ("line1/m", 1_795_000_000.5, (41.5, 2, 17.25))
 
 
 def test_iso_timestamps_naive_means_utc() -> None:
@@ -261,7 +259,7 @@ def test_the_whole_list_check_agrees_with_the_reading_by_reading_one(
             one_by_one = None
             break
         assert one_by_one is not None
-        one_by_one.append((ts, row))
+        one_by_one.append((ts, list(row)))
     fast = FMAP.extract_all(readings)
     plain = all(type(r.get("ts")) in (int, float) and "machine" not in r for r in readings)
     if one_by_one is None or not plain:
