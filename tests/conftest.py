@@ -34,6 +34,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
         yield b
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, *args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
+    """``bench/<script>`` as a user runs it, from the repository's root; never raises on exit."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     """A Mosquitto of this test's own, for tests that stop or restart it. It also queues QoS 0

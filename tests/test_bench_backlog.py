@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import run_bench
 
 
 @pytest.mark.slow
 def test_backlog_bench_spools_holds_and_drains_everything(tmp_path: Path) -> None:
     out = tmp_path / "backlog.json"
-    cmd = [sys.executable, str(REPO / "bench" / "backlog.py"), "--readings", "2000"]
-    cmd += ["--rate", "2000", "--batch", "50", "--hold", "1", "--drain-seconds", "30"]
-    proc = subprocess.run(
-        [*cmd, "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
+    options = ["--readings", "2000", "--rate", "2000", "--batch", "50", "--hold", "1"]
+    proc = run_bench("backlog.py", *options, "--drain-seconds", "30", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "peak (VmHWM" in proc.stdout
     assert "flat:" in proc.stdout

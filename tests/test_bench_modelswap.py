@@ -3,43 +3,35 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import run_bench
+
 SUMMARY_KEYS = {"n", "p50", "p99", "max", "mean"}
 
 
 @pytest.mark.slow
 def test_modelswap_bench_runs_and_drops_nothing(tmp_path: Path) -> None:
     out = tmp_path / "modelswap.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "modelswap.py"),
-            "--rate",
-            "200",
-            "--duration",
-            "4",
-            "--warmup",
-            "1",
-            "--machines",
-            "5",
-            "--versions",
-            "2.0.0,1.0.0",
-            "--idle-polls",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_bench(
+        "modelswap.py",
+        "--rate",
+        "200",
+        "--duration",
+        "4",
+        "--warmup",
+        "1",
+        "--machines",
+        "5",
+        "--versions",
+        "2.0.0,1.0.0",
+        "--idle-polls",
+        "2",
+        "--out",
+        str(out),
         timeout=150,
-        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "worst added latency during a swap" in proc.stdout
@@ -95,20 +87,13 @@ def test_modelswap_bench_runs_and_drops_nothing(tmp_path: Path) -> None:
 
 
 def test_modelswap_bench_rejects_bad_options(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "modelswap.py"),
-            "--versions",
-            "2.0.0,2.0.0",
-            "--out",
-            str(tmp_path / "x.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_bench(
+        "modelswap.py",
+        "--versions",
+        "2.0.0,2.0.0",
+        "--out",
+        str(tmp_path / "x.json"),
         timeout=60,
-        check=False,
     )
     assert proc.returncode == 2
     assert "follows itself" in proc.stderr

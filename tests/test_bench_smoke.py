@@ -5,39 +5,30 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import REPO, run_bench
+
 LATENCY_KEYS = {"p50", "p90", "p99", "p99_9", "max", "mean", "min"}
 
 
 @pytest.mark.slow
 def test_latency_bench_runs_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "latency.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "latency.py"),
-            "--rate",
-            "200",
-            "--duration",
-            "2",
-            "--warmup",
-            "1",
-            "--machines",
-            "5",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
+    proc = run_bench(
+        "latency.py",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+        "--warmup",
+        "1",
+        "--machines",
+        "5",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "p99 ms" in proc.stdout
@@ -82,20 +73,13 @@ def test_latency_bench_runs_and_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_latency_bench_rejects_bad_options(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "latency.py"),
-            "--rates",
-            "1000,abc",
-            "--out",
-            str(tmp_path / "x.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_bench(
+        "latency.py",
+        "--rates",
+        "1000,abc",
+        "--out",
+        str(tmp_path / "x.json"),
         timeout=60,
-        check=False,
     )
     assert proc.returncode == 2
     assert "not a list of numbers" in proc.stderr
@@ -125,14 +109,7 @@ COMPARE_SMOKE = [
 @pytest.mark.timeout(300)
 def test_compare_harness_runs_every_system_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "compare.py"), *COMPARE_SMOKE, "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
+    proc = run_bench("compare.py", *COMPARE_SMOKE, "--out", str(out), timeout=280)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     for heading in ("Sustained readings/s", "latency, ms", "At saturation", "Targets", "Spool"):
         assert heading in proc.stdout, heading
@@ -150,7 +127,11 @@ def test_compare_harness_runs_every_system_and_reports(tmp_path: Path) -> None:
             assert step["rate"] == 200
             assert step["lost"] == 0, (shape, name, step)
             assert step["received"] == step["expected"] > 0
-            assert step["cpu_us_per_reading"] > 0
+            # /proc counts CPU in 10 ms ticks: the counting subscriber may use less than one
+            # in a smoke step; the scoring systems cannot.
+            assert step["cpu_us_per_reading"] > 0 or (
+                name == "raw" and step["cpu_us_per_reading"] == 0
+            )
             assert step["peak_rss_bytes"] > 0
             lat = step["latency_ms"]
             assert 0 < lat["p50"] <= lat["p99"] <= lat["p99_9"] <= lat["max"], (shape, name)
@@ -180,20 +161,13 @@ def test_compare_search_keeps_the_bounds_consistent(monkeypatch: pytest.MonkeyPa
 
 
 def test_compare_rejects_bad_options(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "compare.py"),
-            "--systems",
-            "raw,kafka",
-            "--out",
-            str(tmp_path / "x.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_bench(
+        "compare.py",
+        "--systems",
+        "raw,kafka",
+        "--out",
+        str(tmp_path / "x.json"),
         timeout=60,
-        check=False,
     )
     assert proc.returncode == 2
     assert "choose from raw, naive, gateway" in proc.stderr
@@ -239,3 +213,23 @@ def test_compare_targets_say_which_way_a_ratio_is_bounded(
         "batched: gateway p99 at 5,000/s": None,
         "single: gateway CPU at saturation": False,
     }
+
+
+def test_a_target_against_a_generator_bound_ceiling_is_a_miss_or_not_established(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The ceiling sustained at least its figure: the true ratio is at most the one shown, so
+    # under the target it is a certain miss, over it nothing is established.
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    report = importlib.import_module("report")
+
+    def verdict(gateway_rate: float) -> object:
+        single = {
+            "raw": {"sustained_readings_per_s": 50_000, "limited_by": "generator"},
+            "gateway": {"sustained_readings_per_s": gateway_rate, "limited_by": "backlog"},
+        }
+        _, targets = report.evaluate({"single": single})
+        return next(t["passed"] for t in targets if t["name"] == "single: gateway/raw")
+
+    assert verdict(25_000) is False  # at most 50%
+    assert verdict(40_000) is None  # at most 80%: perhaps 60%, perhaps not
