@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from latency import machine_info
+from latency import machine_info, parse_rates
 from procs import Cloud
 from report import evaluate, format_table, plot_latency
 from rig import MAX_BACKLOG_S, SYSTEMS, Rig
@@ -367,13 +367,7 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def _rates(text: str) -> list[float]:
-    try:
-        rates = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
-    if not rates or min(rates) <= 0:
-        raise argparse.ArgumentTypeError(f"rates must be positive: {text!r}")
-    return sorted(rates)
+    return sorted(parse_rates(text))
 
 
 def main(argv: list[str] | None = None) -> int:

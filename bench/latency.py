@@ -123,15 +123,10 @@ class GatewayProcess:
         return process_cpu_seconds(self.pid)
 
     def peak_rss(self) -> int:
-        """VmHWM in bytes: the peak resident set since start or the last ``reset_peak_rss``."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return peak_rss(self.pid)
 
     def reset_peak_rss(self) -> None:
-        with contextlib.suppress(OSError):  # old kernels: the peak then counts from the start
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        reset_peak_rss(self.pid)
 
     def metrics(self) -> dict[str, float]:
         """The gateway's Prometheus samples, summed over labels, by sample name."""
@@ -165,6 +160,19 @@ def log_problems(path: Path, name: str) -> list[str]:
         for line in text.splitlines()
         if " WARNING " in line or " ERROR " in line or "Traceback" in line
     ][:20]
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM in bytes: the peak resident set since start or the last ``reset_peak_rss``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss(pid: int) -> None:
+    with contextlib.suppress(OSError):  # old kernels: the peak then counts from the start
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 class ScoreCollector:
@@ -303,7 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=2_000.0, help="readings per second offered")
     p.add_argument(
         "--rates",
-        type=_rates,
+        type=parse_rates,
         default=None,
         help="several offered rates in one run, e.g. 1000,2000,5000 (overrides --rate)",
     )
@@ -320,7 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _rates(text: str) -> list[float]:
+def parse_rates(text: str) -> list[float]:
     try:
         rates = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
@@ -453,7 +461,7 @@ def measure_rate(
         "received": unique,
         "lost": published - unique,
         "duplicates": int(ts.size) - unique,
-        "latency_ms": _percentiles(latency * 1e3),
+        "latency_ms": percentiles(latency * 1e3),
         "gateway": {
             "cpu_seconds": cpu,
             "cpu_us_per_reading": cpu / published * 1e6 if published else None,
@@ -467,7 +475,7 @@ def measure_rate(
     }
 
 
-def _percentiles(ms: np.ndarray) -> dict[str, float | None]:
+def percentiles(ms: np.ndarray) -> dict[str, float | None]:
     if not ms.size:
         return dict.fromkeys(("p50", "p90", "p99", "p99_9", "max", "mean", "min"))
     p50, p90, p99, p999 = np.percentile(ms, [50, 90, 99, 99.9])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from latency import log_problems, log_tail, process_cpu_seconds
+from latency import log_problems, log_tail, peak_rss, process_cpu_seconds, reset_peak_rss
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,15 +96,10 @@ class Proc:
         return out
 
     def peak_rss(self) -> int:
-        """VmHWM in bytes: the peak resident set since start or the last ``reset_peak_rss``."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return peak_rss(self.pid)
 
     def reset_peak_rss(self) -> None:
-        with contextlib.suppress(OSError):  # old kernels: the peak then counts from the start
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        reset_peak_rss(self.pid)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (a graceful shutdown), then SIGKILL after ``timeout``."""

@@ -32,6 +32,7 @@ from latency import (
     find_pid,
     follow_loadgen,
     machine_cpu_seconds,
+    percentiles,
     process_cpu_seconds,
 )
 from loadgen import Publisher, mqtt_string
@@ -250,7 +251,7 @@ class Rig:
             "delivered_rate": (at_end - (before["received"] - base)) / (end_wall - b["wall"]),
             "sustained": reason is None,
             "reason": reason,
-            "latency_ms": _percentiles((window[:, 1] - window[:, 0]) * 1e3),
+            "latency_ms": percentiles((window[:, 1] - window[:, 0]) * 1e3) if len(window) else None,
             "latency_samples": int(window.shape[0]),
             "latency_stride": stride,
             "cpu_us_per_reading": cpu["system"] / published * 1e6 if published else None,
@@ -327,20 +328,6 @@ def _load_pairs(receiver: Receiver, scratch: Path) -> np.ndarray:
     pairs: np.ndarray = np.load(path)
     path.unlink()
     return pairs
-
-
-def _percentiles(ms: np.ndarray) -> dict[str, float] | None:
-    if not ms.size:
-        return None
-    p50, p90, p99, p999 = np.percentile(ms, [50, 90, 99, 99.9])
-    return {
-        "p50": float(p50),
-        "p90": float(p90),
-        "p99": float(p99),
-        "p99_9": float(p999),
-        "max": float(ms.max()),
-        "mean": float(ms.mean()),
-    }
 
 
 def _gateway_deltas(
